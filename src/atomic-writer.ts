@@ -1,0 +1,245 @@
+import { createHash, type Hash } from 'node:crypto';
+import { constants, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { raceAbort, sleep } from './abort.js';
+import { tmpPathFor } from './entry-paths.js';
+import { InvalidOptionsError } from './errors.js';
+import type { Body } from './types.js';
+
+// O_EXCL makes the create fail on anything already there, a planted symlink included.
+const EXCLUSIVE_CREATE = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL;
+
+/**
+ * A payload being written into its own exclusively created tmp file beside its final path. The tmp file
+ * is private to this writer until {@link PayloadWriter.renameTo}, so a reader can never see it half-written,
+ * and two writers (even when the lock failed open) never share one.
+ */
+export class PayloadWriter {
+  readonly tmpPath: string;
+  #handle: fsp.FileHandle | undefined;
+  #hash: Hash = createHash('sha256');
+  #sizeBytes = 0;
+  #resetRequested = false;
+  #sha256: string | undefined;
+
+  private constructor(tmpPath: string, handle: fsp.FileHandle) {
+    this.tmpPath = tmpPath;
+    this.#handle = handle;
+  }
+
+  static async create(target: string): Promise<PayloadWriter> {
+    const tmpPath = tmpPathFor(target);
+    const handle = await fsp.open(tmpPath, EXCLUSIVE_CREATE, 0o644);
+    return new PayloadWriter(tmpPath, handle);
+  }
+
+  get sizeBytes(): number {
+    return this.#sizeBytes;
+  }
+
+  /** The sha256 of everything written since the last reset; final once the body has ended. */
+  get sha256(): string {
+    this.#sha256 ??= this.#hash.digest('hex');
+    return this.#sha256;
+  }
+
+  /** The next chunk starts the payload over at byte 0 (a fetcher restarting a download). */
+  requestReset(): void {
+    this.#resetRequested = true;
+  }
+
+  /** Streams `body` into the tmp file, counting and hashing as it goes; stops at once when `signal` aborts. */
+  async writeBody(body: Body, signal: AbortSignal): Promise<void> {
+    const handle = this.#openHandle();
+    if (typeof body === 'string') return this.#writeChunk(handle, Buffer.from(body, 'utf8'));
+    if (body instanceof ArrayBuffer) return this.#writeChunk(handle, new Uint8Array(body));
+    if (body instanceof Uint8Array) return this.#writeChunk(handle, body);
+    const chunks = chunksOf(body);
+    try {
+      for (;;) {
+        signal.throwIfAborted();
+        const next = await raceAbort(chunks.next(), signal);
+        if (next.done) break;
+        await this.#writeChunk(handle, toBytes(next.value));
+      }
+      await this.#applyPendingReset(handle);
+    } finally {
+      // Tell the source we are done with it (destroys a Node stream, cancels a web stream); never wait on it.
+      Promise.resolve(chunks.return?.()).catch(() => {});
+    }
+  }
+
+  /** Sets the last-used time, flushes the bytes to stable storage and closes the file. */
+  async seal(lastUsedAtMs: number): Promise<void> {
+    const handle = this.#openHandle();
+    const when = new Date(lastUsedAtMs);
+    await handle.utimes(when, when);
+    await handle.sync();
+    this.#handle = undefined;
+    await handle.close();
+  }
+
+  /** Publishes the sealed tmp file at `target` by rename, replacing whatever was there. */
+  async renameTo(target: string): Promise<void> {
+    await renameWithRetry(this.tmpPath, target);
+  }
+
+  /** Closes and removes the tmp file; never throws (it runs on error paths). */
+  async discard(): Promise<void> {
+    const handle = this.#handle;
+    this.#handle = undefined;
+    await handle?.close().catch(() => {});
+    await removeFile(this.tmpPath).catch(() => {});
+  }
+
+  #openHandle(): fsp.FileHandle {
+    if (!this.#handle) throw new Error('payload tmp file is already closed');
+    return this.#handle;
+  }
+
+  async #applyPendingReset(handle: fsp.FileHandle): Promise<void> {
+    if (!this.#resetRequested) return;
+    this.#resetRequested = false;
+    await handle.truncate(0);
+    this.#hash = createHash('sha256');
+    this.#sizeBytes = 0;
+  }
+
+  async #writeChunk(handle: fsp.FileHandle, chunk: Uint8Array): Promise<void> {
+    await this.#applyPendingReset(handle);
+    if (chunk.byteLength === 0) return;
+    const position = this.#sizeBytes;
+    this.#sizeBytes += chunk.byteLength;
+    // Hash on the main thread while the write runs in the thread pool.
+    const written = writeFully(handle, chunk, position);
+    this.#hash.update(chunk);
+    await written;
+  }
+}
+
+async function writeFully(handle: fsp.FileHandle, chunk: Uint8Array, position: number): Promise<void> {
+  let offset = 0;
+  while (offset < chunk.byteLength) {
+    const { bytesWritten } = await handle.write(chunk, offset, chunk.byteLength - offset, position + offset);
+    offset += bytesWritten;
+  }
+}
+
+function chunksOf(body: Body): AsyncIterator<unknown> {
+  if (typeof (body as ReadableStream).getReader === 'function')
+    return webStreamChunks(body as ReadableStream);
+  const iterable = body as AsyncIterable<unknown>;
+  if (typeof iterable[Symbol.asyncIterator] === 'function') return iterable[Symbol.asyncIterator]();
+  throw new InvalidOptionsError(
+    'fetchFn must return a Uint8Array, ArrayBuffer, string, Node or web stream, async iterable, ' +
+      '{ body, ... } or NOT_MODIFIED',
+  );
+}
+
+async function* webStreamChunks(stream: ReadableStream): AsyncGenerator<unknown> {
+  const reader = stream.getReader();
+  let finished = false;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) {
+        finished = true;
+        return;
+      }
+      yield value;
+    }
+  } finally {
+    if (!finished) reader.cancel().catch(() => {});
+    reader.releaseLock();
+  }
+}
+
+function toBytes(chunk: unknown): Uint8Array {
+  if (chunk instanceof Uint8Array) return chunk;
+  if (typeof chunk === 'string') return Buffer.from(chunk, 'utf8');
+  if (chunk instanceof ArrayBuffer) return new Uint8Array(chunk);
+  throw new InvalidOptionsError(`a body stream yielded a ${typeof chunk}, not bytes`);
+}
+
+/** Writes a small file atomically: exclusive tmp, write, fsync, rename. The caller fsyncs the directory. */
+export async function writeFileAtomic(target: string, data: string | Uint8Array): Promise<void> {
+  const tmpPath = tmpPathFor(target);
+  const handle = await fsp.open(tmpPath, EXCLUSIVE_CREATE, 0o644);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+    await handle.close();
+    await renameWithRetry(tmpPath, target);
+  } catch (error) {
+    await handle.close().catch(() => {});
+    await removeFile(tmpPath).catch(() => {});
+    throw error;
+  }
+}
+
+// Windows: antivirus and indexers hold a freshly written file for a moment; rename then fails briefly.
+const TRANSIENT_RENAME_CODES = new Set(['EPERM', 'EBUSY', 'EACCES']);
+const RENAME_RETRY_BUDGET_MS = 3_000;
+
+export interface RenameRetryOptions {
+  rename?: (from: string, to: string) => Promise<void>;
+  /** Error codes worth retrying; by default the Windows sharing-violation codes on Windows, none elsewhere. */
+  retryCodes?: ReadonlySet<string>;
+  budgetMs?: number;
+}
+
+/** `rename`, retried with backoff for a bounded time on the transient errors of Windows file sharing. */
+export async function renameWithRetry(
+  from: string,
+  to: string,
+  options: RenameRetryOptions = {},
+): Promise<void> {
+  const rename = options.rename ?? fsp.rename;
+  const retryCodes =
+    options.retryCodes ?? (process.platform === 'win32' ? TRANSIENT_RENAME_CODES : new Set());
+  const deadline = Date.now() + (options.budgetMs ?? RENAME_RETRY_BUDGET_MS);
+  for (let delayMs = 10; ; delayMs = Math.min(delayMs * 2, 250)) {
+    try {
+      return await rename(from, to);
+    } catch (error) {
+      if (!retryCodes.has(errorCode(error)) || Date.now() + delayMs > deadline) throw error;
+      await sleep(delayMs);
+    }
+  }
+}
+
+// File systems that cannot fsync a directory (Windows, some FUSE mounts) say so with one of these.
+const DIR_FSYNC_UNSUPPORTED = new Set(['EISDIR', 'EINVAL', 'ENOTSUP', 'EPERM', 'EBADF', 'EACCES', 'ENOSYS']);
+
+/** Makes renames in `dir` durable: without it a crash can lose an entry that was already returned. */
+export async function fsyncDir(dir: string): Promise<void> {
+  let handle: fsp.FileHandle | undefined;
+  try {
+    handle = await fsp.open(dir, constants.O_RDONLY);
+    await handle.sync();
+  } catch (error) {
+    if (!DIR_FSYNC_UNSUPPORTED.has(errorCode(error))) throw error;
+  } finally {
+    await handle?.close().catch(() => {});
+  }
+}
+
+/** Removes a file; `false` when it was already gone. */
+export async function removeFile(filePath: string): Promise<boolean> {
+  try {
+    await fsp.unlink(filePath);
+    return true;
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') return false;
+    throw error;
+  }
+}
+
+/** Creates `dir` and its parents; an existing directory is fine. */
+export async function ensureDir(dir: string): Promise<void> {
+  await fsp.mkdir(path.resolve(dir), { recursive: true });
+}
+
+export function errorCode(error: unknown): string {
+  return (error as NodeJS.ErrnoException | undefined)?.code ?? '';
+}

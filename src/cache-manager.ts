@@ -1,0 +1,377 @@
+import { promises as fsp } from 'node:fs';
+import { raceAbort } from './abort.js';
+import { ensureDir, PayloadWriter, removeFile } from './atomic-writer.js';
+import { resolveRoot } from './cache-root.js';
+import { type EntryPaths, entryPaths, sublayerDir, validateKey } from './entry-paths.js';
+import {
+  commitEntry,
+  createdAtMs,
+  type EntryState,
+  lookupEntry,
+  renewEntry,
+  touchEntry,
+  writeCacheDirTag,
+} from './entry-store.js';
+import { BulkPayloadCorruptError, InvalidKeyError, InvalidOptionsError } from './errors.js';
+import {
+  clearSublayer,
+  evict,
+  prune,
+  removeEntry,
+  type SublayerPolicy,
+  scanSublayer,
+  sweepOrphans,
+  verifySublayer,
+} from './evictor.js';
+import { FlightTable } from './flight.js';
+import type { Freshness } from './manifest.js';
+import {
+  type CacheManagerOptions,
+  resolveSettings,
+  type Settings,
+  validateFetchArgs,
+  validateFetchedFacts,
+} from './options.js';
+import { tryLock, waitForLock } from './soft-lock.js';
+import {
+  type EntryInfo,
+  type FetchContext,
+  type FetchedBody,
+  type FetchFn,
+  type FetchResult,
+  type GetOrFetchOptions,
+  NOT_MODIFIED,
+  type PruneReport,
+  type VerifyReport,
+} from './types.js';
+
+const flights = new FlightTable<string>();
+const taggedRoots = new Set<string>();
+
+/** Settles when the background orphan sweep started by a manager's first operation has finished. */
+export const backgroundSweep = Symbol('payload-cache.backgroundSweep');
+
+/** Where one operation works: the root and sublayer as resolved now, and the clock read once. */
+interface Scope {
+  readonly root: string;
+  readonly dir: string;
+  readonly nowMs: number;
+  readonly freshness: Freshness;
+}
+
+/**
+ * A cache of large payloads in one sublayer of a cache root, safe to share between threads, processes
+ * and hosts. `getOrFetch` returns the absolute path of a complete, validated file: concurrent callers
+ * share one download, a crash leaves the previous entry or a miss, never a torn file.
+ */
+export class CacheManager {
+  readonly sublayer: string;
+  readonly #settings: Settings;
+  readonly #sweptDirs = new Set<string>();
+  [backgroundSweep]: Promise<void> = Promise.resolve();
+
+  /** @throws InvalidOptionsError for a bad option, InvalidKeyError for a bad sublayer. */
+  constructor(options: CacheManagerOptions) {
+    this.#settings = resolveSettings(options);
+    this.sublayer = this.#settings.sublayer;
+  }
+
+  /**
+   * The path of a fresh entry for `key`, fetching and publishing it first on a miss (DESIGN.md section 5).
+   * Concurrent callers in this process share one fetch; other processes and hosts wait on the key's lock.
+   */
+  async getOrFetch(key: string, fetchFn: FetchFn, options: GetOrFetchOptions = {}): Promise<string> {
+    validateKey(key);
+    validateFetchArgs(fetchFn, options);
+    const scope = this.#scope();
+    const paths = entryPaths(scope.dir, key);
+    const refresh = options.refresh === true;
+    return flights.run(paths.payload, refresh, options.signal, (signal) =>
+      this.#hitOrFetch(paths, fetchFn, options, signal),
+    );
+  }
+
+  async #hitOrFetch(paths: EntryPaths, fetchFn: FetchFn, options: GetOrFetchOptions, signal: AbortSignal) {
+    const scope = this.#scope();
+    this.#sweepOnce(scope);
+    const found = await lookupEntry(paths, scope.freshness);
+    if (found.state === 'fresh' && !options.refresh) return this.#serve(paths, found, scope);
+    try {
+      return await this.#fetchUnderLock(paths, fetchFn, options, signal);
+    } catch (error) {
+      if (!options.staleIfError || signal.aborted || isUsageError(error)) throw error;
+      const fallback = await lookupEntry(paths, this.#scope().freshness);
+      if (fallback.state === 'absent') throw error;
+      return this.#serve(paths, fallback, this.#scope());
+    }
+  }
+
+  async #fetchUnderLock(
+    paths: EntryPaths,
+    fetchFn: FetchFn,
+    options: GetOrFetchOptions,
+    signal: AbortSignal,
+  ) {
+    const { root, dir } = this.#scope();
+    await ensureDir(dir);
+    await this.#tagRoot(root);
+    const lock = await waitForLock(paths.lock, {
+      key: paths.key,
+      staleMs: this.#settings.lockStaleMs,
+      timeoutMs: this.#settings.lockTimeoutMs,
+      signal,
+    });
+    try {
+      const scope = this.#scope();
+      const found = await lookupEntry(paths, scope.freshness);
+      if (found.state === 'fresh' && !options.refresh) return this.#serve(paths, found, scope);
+      const previous =
+        found.state === 'absent' ? undefined : { path: paths.payload, manifest: found.manifest };
+      let writer: PayloadWriter | undefined;
+      const context: FetchContext = {
+        key: paths.key,
+        signal,
+        previous,
+        resetBody: () => writer?.requestReset(),
+      };
+      const result: FetchResult = await raceAbort(
+        Promise.resolve().then(() => fetchFn(context)),
+        signal,
+      );
+      if (result === NOT_MODIFIED) {
+        if (!previous)
+          throw new InvalidOptionsError(`fetchFn answered NOT_MODIFIED but "${paths.key}" has no entry`);
+        await renewEntry(paths, previous.manifest, this.#now());
+        return paths.payload;
+      }
+      const fetched = asFetchedBody(result);
+      writer = await PayloadWriter.create(paths.payload);
+      await this.#writeAndPublish(paths, writer, fetched, options, signal);
+      await evict(this.#policy(this.#scope()), paths.key).catch(() => {});
+      return paths.payload;
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** Streams, checks and validates the payload in its tmp file, then commits it; on any failure the tmp file goes. */
+  async #writeAndPublish(
+    paths: EntryPaths,
+    writer: PayloadWriter,
+    fetched: FetchedBody,
+    options: GetOrFetchOptions,
+    signal: AbortSignal,
+  ): Promise<void> {
+    try {
+      await writer.writeBody(fetched.body, signal);
+      checkIntegrity(paths.key, writer, fetched);
+      await runValidator(paths.key, writer, options.validator);
+      signal.throwIfAborted();
+      const nowMs = this.#now();
+      await writer.seal(nowMs);
+      await commitEntry(paths, writer, {
+        createdAtMs: nowMs,
+        etag: fetched.etag,
+        lastModified: fetched.lastModified,
+      });
+    } catch (error) {
+      await writer.discard();
+      throw error;
+    }
+  }
+
+  async #serve(
+    paths: EntryPaths,
+    found: Exclude<EntryState, { state: 'absent' }>,
+    scope: Scope,
+  ): Promise<string> {
+    await touchEntry(paths, found.lastUsedAtMs, scope.nowMs, this.#settings.touchIntervalMs);
+    return paths.payload;
+  }
+
+  /** The path of a fresh entry, or `undefined`; never fetches. Counts as a use. */
+  async get(key: string): Promise<string | undefined> {
+    validateKey(key);
+    const scope = this.#scope();
+    this.#sweepOnce(scope);
+    const paths = entryPaths(scope.dir, key);
+    const found = await lookupEntry(paths, scope.freshness);
+    return found.state === 'fresh' ? this.#serve(paths, found, scope) : undefined;
+  }
+
+  /** Whether a fresh entry exists (`get()` would return a path). Does not count as a use. */
+  async has(key: string): Promise<boolean> {
+    validateKey(key);
+    const scope = this.#scope();
+    return (await lookupEntry(entryPaths(scope.dir, key), scope.freshness)).state === 'fresh';
+  }
+
+  /**
+   * Removes the entry for `key`; `true` if there was one. If a writer holds the key's lock, only the
+   * manifest goes (the key is a miss at once), and that writer may publish afterwards.
+   */
+  async delete(key: string): Promise<boolean> {
+    validateKey(key);
+    const paths = entryPaths(this.#scope().dir, key);
+    const held = await tryLock(paths.lock, this.#settings.lockStaleMs).catch(() => undefined);
+    if (!held) return removeFile(paths.manifest);
+    try {
+      return await removeEntry(paths);
+    } finally {
+      await held.release();
+    }
+  }
+
+  /**
+   * Makes every key a miss: removes every committed entry and every orphan, but never a lock held by a
+   * live process nor a tmp file younger than `staleTmpMs`. A writer already in flight may publish afterwards.
+   */
+  async clear(): Promise<void> {
+    await clearSublayer(this.#policy(this.#scope()));
+  }
+
+  /** Removes expired entries and orphans, then evicts down to `keepN`/`maxBytes`; reports each removal. */
+  async prune(): Promise<PruneReport> {
+    return prune(this.#policy(this.#scope()));
+  }
+
+  /** Committed entries (fresh and expired), most recently used first. */
+  async list(): Promise<EntryInfo[]> {
+    const scope = this.#scope();
+    this.#sweepOnce(scope);
+    const { entries } = await scanSublayer(scope.dir);
+    const infos = await Promise.all(
+      entries.map(async ({ paths }): Promise<EntryInfo | undefined> => {
+        const found = await lookupEntry(paths, scope.freshness);
+        if (found.state === 'absent') return undefined;
+        return {
+          key: paths.key,
+          path: paths.payload,
+          sizeBytes: found.sizeBytes,
+          createdAt: new Date(createdAtMs(found.manifest)),
+          lastUsedAt: new Date(found.lastUsedAtMs),
+          expired: found.state === 'expired',
+          ...(found.manifest.sha256 ? { sha256: found.manifest.sha256 } : {}),
+        };
+      }),
+    );
+    return infos
+      .filter((info): info is EntryInfo => info !== undefined)
+      .sort((a, b) => b.lastUsedAt.getTime() - a.lastUsedAt.getTime());
+  }
+
+  /** Re-hashes every payload against its manifest; `fix` removes bad entries and old orphans. */
+  async verify(options: { fix?: boolean } = {}): Promise<VerifyReport> {
+    return verifySublayer(this.#policy(this.#scope()), options.fix === true);
+  }
+
+  #now(): number {
+    return this.#settings.now();
+  }
+
+  #scope(): Scope {
+    const root = resolveRoot(this.#settings.root);
+    const nowMs = this.#now();
+    const { ttl, maxClockSkewMs } = this.#settings;
+    return {
+      root,
+      dir: sublayerDir(root, this.sublayer),
+      nowMs,
+      freshness: { ttlMs: ttl, maxClockSkewMs, nowMs },
+    };
+  }
+
+  #policy(scope: Scope): SublayerPolicy {
+    const s = this.#settings;
+    return {
+      dir: scope.dir,
+      keepN: s.keepN,
+      maxBytes: s.maxBytes,
+      lockStaleMs: s.lockStaleMs,
+      staleTmpMs: s.staleTmpMs,
+      inUseWindowMs: s.touchIntervalMs + s.evictionGraceMs,
+      freshness: scope.freshness,
+    };
+  }
+
+  async #tagRoot(root: string): Promise<void> {
+    if (taggedRoots.has(root)) return;
+    taggedRoots.add(root);
+    await writeCacheDirTag(root);
+  }
+
+  /** Once per manager and directory, sweep orphans in the background; it never delays or fails an operation. */
+  #sweepOnce(scope: Scope): void {
+    if (this.#sweptDirs.has(scope.dir)) return;
+    this.#sweptDirs.add(scope.dir);
+    this[backgroundSweep] = new Promise<void>((resolve) => setImmediate(resolve))
+      .then(() => sweepOrphans(this.#policy(this.#scope())))
+      .then(
+        () => {},
+        () => {},
+      );
+  }
+}
+
+function asFetchedBody(result: Exclude<FetchResult, typeof NOT_MODIFIED>): FetchedBody {
+  const fetched = isFetchedBody(result) ? result : { body: result };
+  validateFetchedFacts(fetched);
+  return fetched;
+}
+
+function isFetchedBody(result: Exclude<FetchResult, typeof NOT_MODIFIED>): result is FetchedBody {
+  return (
+    typeof result === 'object' &&
+    result !== null &&
+    'body' in result &&
+    !(result instanceof Uint8Array) &&
+    typeof (result as { pipe?: unknown }).pipe !== 'function' &&
+    typeof (result as { getReader?: unknown }).getReader !== 'function'
+  );
+}
+
+function checkIntegrity(key: string, writer: PayloadWriter, fetched: FetchedBody): void {
+  const { expectedSize, sha256 } = fetched;
+  if (expectedSize !== undefined && writer.sizeBytes !== expectedSize) {
+    const reason = writer.sizeBytes < expectedSize ? 'truncated' : 'size-mismatch';
+    throw new BulkPayloadCorruptError(
+      key,
+      reason,
+      `expected ${expectedSize} bytes, received ${writer.sizeBytes}`,
+    );
+  }
+  if (sha256 !== undefined && writer.sha256 !== sha256.toLowerCase()) {
+    throw new BulkPayloadCorruptError(
+      key,
+      'hash-mismatch',
+      `expected sha256 ${sha256}, got ${writer.sha256}`,
+    );
+  }
+}
+
+async function runValidator(
+  key: string,
+  writer: PayloadWriter,
+  validator: GetOrFetchOptions['validator'],
+): Promise<void> {
+  if (!validator) return;
+  try {
+    await validator({
+      key,
+      path: writer.tmpPath,
+      sizeBytes: writer.sizeBytes,
+      sha256: writer.sha256,
+      bytes: () => fsp.readFile(writer.tmpPath),
+    });
+  } catch (error) {
+    const detail = error instanceof Error ? error.message : String(error);
+    throw new BulkPayloadCorruptError(key, 'validator-rejected', detail, { cause: error });
+  }
+}
+
+/** Errors in the caller's own input: `staleIfError` must not hide them. */
+function isUsageError(error: unknown): boolean {
+  return error instanceof InvalidOptionsError || error instanceof InvalidKeyError;
+}
+
+export type { CacheManagerOptions };

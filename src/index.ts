@@ -1,0 +1,27 @@
+export { CacheManager } from './cache-manager.js';
+export { getCacheDir, resetCacheDir, setCacheDir } from './cache-root.js';
+export {
+  BulkPayloadCorruptError,
+  type CorruptReason,
+  InvalidKeyError,
+  InvalidOptionsError,
+  LockTimeoutError,
+  PayloadCacheError,
+} from './errors.js';
+export type { Manifest } from './manifest.js';
+export type { CacheManagerOptions } from './options.js';
+export {
+  type Body,
+  type EntryInfo,
+  type FetchContext,
+  type FetchedBody,
+  type FetchFn,
+  type FetchResult,
+  type GetOrFetchOptions,
+  NOT_MODIFIED,
+  type PayloadInfo,
+  type PruneReport,
+  type RemovalReason,
+  type ReportItem,
+  type VerifyReport,
+} from './types.js';

@@ -1,0 +1,103 @@
+import { constants, promises as fsp } from 'node:fs';
+import { z } from 'zod';
+import { writeFileAtomic } from './atomic-writer.js';
+
+/** Written by this version; readers also accept imf_reader's string versions such as `"1.5.0"`. */
+export const SCHEMA_VERSION = 1;
+/** A manifest is a few hundred bytes; anything past this is not one of ours and reads as a miss. */
+const MAX_MANIFEST_BYTES = 64 * 1024;
+const NO_FOLLOW = constants.O_NOFOLLOW ?? 0;
+
+// ISO 8601 date-time with a zone: `...Z`, `...+00:00` or imf_reader's `...+0000`.
+const ISO_TIMESTAMP = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$/;
+
+/** Milliseconds since the epoch for an ISO 8601 timestamp with a zone, or NaN. */
+export function parseTimestamp(text: string): number {
+  if (!ISO_TIMESTAMP.test(text)) return Number.NaN;
+  return Date.parse(text.replace(/([+-]\d{2})(\d{2})$/, '$1:$2'));
+}
+
+const optionalText = z
+  .string()
+  .nullish()
+  .transform((value) => value ?? undefined);
+
+const manifestSchema = z.looseObject({
+  schema_version: z.union([z.number().int().nonnegative(), z.string().min(1)]),
+  key: optionalText,
+  created_at: z.string().refine((text) => !Number.isNaN(parseTimestamp(text)), 'not an ISO 8601 timestamp'),
+  size_bytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+  sha256: z
+    .string()
+    .regex(/^[0-9a-fA-F]{64}$/)
+    .nullish()
+    .transform((value) => value?.toLowerCase()),
+  etag: optionalText,
+  last_modified: optionalText,
+});
+
+/** The commit marker of one entry (DESIGN.md section 3). Unknown fields survive a rewrite. */
+export type Manifest = z.infer<typeof manifestSchema>;
+
+/** Parses manifest text; `undefined` for anything that is not a valid manifest (never throws). */
+export function parseManifest(text: string): Manifest | undefined {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const parsed = manifestSchema.safeParse(json);
+  return parsed.success ? parsed.data : undefined;
+}
+
+/**
+ * Reads and parses a manifest with one small read; `undefined` when it is missing, unreadable, a
+ * symlink, oversized or invalid. A bad manifest is a miss, never an exception.
+ */
+export async function readManifest(manifestPath: string): Promise<Manifest | undefined> {
+  let handle: fsp.FileHandle | undefined;
+  try {
+    handle = await fsp.open(manifestPath, constants.O_RDONLY | NO_FOLLOW);
+    const buffer = Buffer.allocUnsafe(MAX_MANIFEST_BYTES + 1);
+    let length = 0;
+    while (length < buffer.length) {
+      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
+      if (bytesRead === 0) break;
+      length += bytesRead;
+    }
+    if (length > MAX_MANIFEST_BYTES) return undefined;
+    return parseManifest(buffer.toString('utf8', 0, length));
+  } catch {
+    return undefined;
+  } finally {
+    await handle?.close().catch(() => {});
+  }
+}
+
+/** Writes a manifest atomically (tmp, fsync, rename); the caller fsyncs the directory. */
+export async function writeManifest(manifestPath: string, manifest: Manifest): Promise<void> {
+  await writeFileAtomic(manifestPath, `${JSON.stringify(manifest)}\n`);
+}
+
+export interface Freshness {
+  readonly ttlMs: number;
+  readonly maxClockSkewMs: number;
+  readonly nowMs: number;
+}
+
+/**
+ * Expired when `created_at + ttl` has passed, or when `created_at` lies further in the future than the
+ * allowed clock skew: such a timestamp comes from a broken clock and would otherwise never expire.
+ */
+export function isExpired(manifest: Manifest, { ttlMs, maxClockSkewMs, nowMs }: Freshness): boolean {
+  const createdAtMs = parseTimestamp(manifest.created_at);
+  if (createdAtMs > nowMs + maxClockSkewMs) return true;
+  return nowMs - createdAtMs >= ttlMs;
+}
+
+/** A manifest describes `key` unless it names another one (two keys that differ only in case collide on
+ * case-insensitive file systems; the check turns that into a miss instead of the wrong bytes). */
+export function describesKey(manifest: Manifest, key: string): boolean {
+  return manifest.key === undefined || manifest.key === key;
+}

@@ -1,0 +1,124 @@
+import { validateKey } from './entry-paths.js';
+import { InvalidOptionsError } from './errors.js';
+import { MIN_LOCK_STALE_MS } from './soft-lock.js';
+import type { FetchedBody, GetOrFetchOptions } from './types.js';
+
+export interface CacheManagerOptions {
+  /** One path segment naming this manager's directory under the root (same rules as a key). */
+  sublayer: string;
+  /** Milliseconds an entry stays fresh; `Infinity` never expires. */
+  ttl: number;
+  /** Most entries kept in this sublayer (an integer >= 1, or `Infinity`). Default 4. */
+  keepN?: number;
+  /** Most payload bytes kept in this sublayer. Default `Infinity`. */
+  maxBytes?: number;
+  /** This manager's cache root; default: the global root, resolved at each operation. */
+  root?: string;
+  /** A lock whose heartbeat is older than this is taken over. Default 10,000; at least 2,000. */
+  lockStaleMs?: number;
+  /** Longest wait for another writer's lock before `LockTimeoutError`. Default 30 minutes. */
+  lockTimeoutMs?: number;
+  /** Tmp files and manifest-less payloads older than this are orphans. Default 24 hours. */
+  staleTmpMs?: number;
+  /** A hit records its use (payload mtime) at most this often. Default 60,000. */
+  touchIntervalMs?: number;
+  /** Entries used within `touchIntervalMs + evictionGraceMs` are never evicted. Default 10,000. */
+  evictionGraceMs?: number;
+  /** A `created_at` further than this in the future counts as expired. Default 300,000. */
+  maxClockSkewMs?: number;
+  /** Clock in ms since the epoch, for tests. Default `Date.now`. */
+  now?: () => number;
+}
+
+export type Settings = Required<Omit<CacheManagerOptions, 'root'>> & { root: string | undefined };
+
+const DEFAULTS = {
+  keepN: 4,
+  maxBytes: Number.POSITIVE_INFINITY,
+  lockStaleMs: 10_000,
+  lockTimeoutMs: 30 * 60_000,
+  staleTmpMs: 24 * 60 * 60_000,
+  touchIntervalMs: 60_000,
+  evictionGraceMs: 10_000,
+  maxClockSkewMs: 5 * 60_000,
+  now: Date.now,
+};
+
+type Rule = (value: unknown) => string | undefined;
+
+const nonNegative: Rule = (v) => (typeof v === 'number' && v >= 0 ? undefined : 'a number >= 0');
+const finiteNonNegative: Rule = (v) =>
+  typeof v === 'number' && Number.isFinite(v) && v >= 0 ? undefined : 'a finite number >= 0';
+
+const RULES: Record<Exclude<keyof CacheManagerOptions, 'sublayer'>, Rule> = {
+  ttl: nonNegative,
+  keepN: (v) =>
+    v === Number.POSITIVE_INFINITY || (Number.isInteger(v) && (v as number) >= 1)
+      ? undefined
+      : 'an integer >= 1 or Infinity',
+  maxBytes: nonNegative,
+  root: (v) =>
+    typeof v === 'string' && v.length > 0 && !v.includes('\u0000') ? undefined : 'a non-empty path',
+  lockStaleMs: (v) =>
+    typeof v === 'number' && Number.isFinite(v) && v >= MIN_LOCK_STALE_MS
+      ? undefined
+      : `a finite number >= ${MIN_LOCK_STALE_MS}`,
+  lockTimeoutMs: finiteNonNegative,
+  staleTmpMs: finiteNonNegative,
+  touchIntervalMs: finiteNonNegative,
+  evictionGraceMs: finiteNonNegative,
+  maxClockSkewMs: finiteNonNegative,
+  now: (v) => (typeof v === 'function' ? undefined : 'a function returning ms since the epoch'),
+};
+
+/** Validates constructor options and fills in defaults; throws before anything touches the disk. */
+export function resolveSettings(options: CacheManagerOptions): Settings {
+  if (typeof options !== 'object' || options === null) {
+    throw new InvalidOptionsError('CacheManager needs an options object with sublayer and ttl');
+  }
+  validateKey(options.sublayer, 'sublayer');
+  if (options.ttl === undefined) throw new InvalidOptionsError('option ttl is required (ms, or Infinity)');
+  for (const [name, value] of Object.entries(options)) {
+    if (name === 'sublayer' || value === undefined) continue;
+    const rule = RULES[name as keyof typeof RULES];
+    if (!rule) throw new InvalidOptionsError(`unknown option "${name}"`);
+    const expected = rule(value);
+    if (expected) throw new InvalidOptionsError(`option ${name} must be ${expected}, got ${String(value)}`);
+  }
+  const defined = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
+  return { ...DEFAULTS, root: undefined, ...defined } as Settings;
+}
+
+/** Validates a `getOrFetch` call's fetcher and options (the key is checked separately). */
+export function validateFetchArgs(fetchFn: unknown, options: unknown): asserts options is GetOrFetchOptions {
+  if (typeof fetchFn !== 'function') throw new InvalidOptionsError('fetchFn must be a function');
+  if (options === undefined) return;
+  if (typeof options !== 'object' || options === null)
+    throw new InvalidOptionsError('options must be an object');
+  const { validator, signal, refresh, staleIfError } = options as GetOrFetchOptions;
+  if (validator !== undefined && typeof validator !== 'function') {
+    throw new InvalidOptionsError('validator must be a function');
+  }
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new InvalidOptionsError('signal must be an AbortSignal');
+  }
+  for (const [name, value] of Object.entries({ refresh, staleIfError })) {
+    if (value !== undefined && typeof value !== 'boolean')
+      throw new InvalidOptionsError(`${name} must be a boolean`);
+  }
+}
+
+/** Checks what a fetcher said about its body before any byte is written. */
+export function validateFetchedFacts(fetched: FetchedBody): void {
+  const { expectedSize, sha256, etag, lastModified } = fetched;
+  if (expectedSize !== undefined && !(Number.isSafeInteger(expectedSize) && expectedSize >= 0)) {
+    throw new InvalidOptionsError(`expectedSize must be an integer >= 0, got ${String(expectedSize)}`);
+  }
+  if (sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(sha256)) {
+    throw new InvalidOptionsError('sha256 must be 64 hex digits');
+  }
+  for (const [name, value] of Object.entries({ etag, lastModified })) {
+    if (value !== undefined && typeof value !== 'string')
+      throw new InvalidOptionsError(`${name} must be a string`);
+  }
+}
