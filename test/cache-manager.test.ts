@@ -1,0 +1,704 @@
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { backgroundSweep } from '../src/cache-manager.js';
+import {
+  BulkPayloadCorruptError,
+  CacheManager,
+  type CacheManagerOptions,
+  type FetchContext,
+  InvalidOptionsError,
+  LockTimeoutError,
+  NOT_MODIFIED,
+} from '../src/index.js';
+import { tryLock } from '../src/soft-lock.js';
+import {
+  exists,
+  makeTempDir,
+  manualClock,
+  patternBytes,
+  removeTempDirs,
+  sha256,
+  tmpFilesIn,
+} from './helpers.js';
+
+let root: string;
+let clock: ReturnType<typeof manualClock>;
+
+beforeEach(async () => {
+  root = await makeTempDir();
+  clock = manualClock();
+});
+afterEach(removeTempDirs);
+
+function cacheWith(options: Partial<CacheManagerOptions> = {}): CacheManager {
+  return new CacheManager({ sublayer: 'data', ttl: 60_000, root, now: clock.now, ...options });
+}
+
+const dirOf = () => path.join(root, 'data');
+const HOUR = 3_600_000;
+
+describe('getOrFetch round trip', () => {
+  const payload = patternBytes(300_000, 7);
+  const bodies: Record<string, () => unknown> = {
+    Uint8Array: () => new Uint8Array(payload),
+    Buffer: () => Buffer.from(payload),
+    ArrayBuffer: () => payload.buffer.slice(payload.byteOffset, payload.byteOffset + payload.byteLength),
+    'Node Readable': () => Readable.from(chunked(payload, 65_536)),
+    'web ReadableStream': () => ReadableStream.from(chunked(payload, 10_000)),
+    'async iterable': () =>
+      (async function* () {
+        yield* chunked(payload, 4_096);
+      })(),
+    '{ body, expectedSize, sha256 }': () => ({
+      body: Readable.from(chunked(payload, 1_000)),
+      expectedSize: payload.length,
+      sha256: sha256(payload),
+    }),
+  };
+
+  for (const [kind, makeBody] of Object.entries(bodies)) {
+    it(`stores a ${kind} body and returns an absolute path holding exactly its bytes`, async () => {
+      const cache = cacheWith();
+      const returned = await cache.getOrFetch('blob.bin', () => makeBody() as Buffer);
+      expect(path.isAbsolute(returned)).toBe(true);
+      expect(returned).toBe(path.join(dirOf(), 'blob.bin'));
+      expect(sha256(await fsp.readFile(returned))).toBe(sha256(payload));
+      const manifest = JSON.parse(await fsp.readFile(`${returned}.manifest.json`, 'utf8'));
+      expect(manifest).toMatchObject({ schema_version: 1, key: 'blob.bin', size_bytes: payload.length });
+      expect(manifest.sha256).toBe(sha256(payload));
+      expect(await tmpFilesIn(dirOf())).toEqual([]);
+    });
+  }
+
+  it('stores a string body as UTF-8 and keeps etag and last-modified in the manifest', async () => {
+    const cache = cacheWith();
+    const returned = await cache.getOrFetch('text', () => ({
+      body: 'héllo',
+      etag: '"v1"',
+      lastModified: 'Wed, 21 Oct 2026 07:28:00 GMT',
+    }));
+    expect(await fsp.readFile(returned, 'utf8')).toBe('héllo');
+    const manifest = JSON.parse(await fsp.readFile(`${returned}.manifest.json`, 'utf8'));
+    expect(manifest).toMatchObject({
+      etag: '"v1"',
+      last_modified: 'Wed, 21 Oct 2026 07:28:00 GMT',
+      size_bytes: 6,
+    });
+  });
+
+  it('stores an empty body as an empty entry', async () => {
+    const cache = cacheWith();
+    const returned = await cache.getOrFetch('empty', () => new Uint8Array(0));
+    expect((await fsp.stat(returned)).size).toBe(0);
+    expect(await cache.has('empty')).toBe(true);
+  });
+
+  it('honours resetBody: bytes received before the reset are discarded', async () => {
+    const cache = cacheWith();
+    const returned = await cache.getOrFetch('restarted', (ctx: FetchContext) =>
+      (async function* () {
+        yield Buffer.from('partial garbage that must vanish');
+        ctx.resetBody();
+        yield Buffer.from('the ');
+        yield Buffer.from('real body');
+      })(),
+    );
+    expect(await fsp.readFile(returned, 'utf8')).toBe('the real body');
+    const manifest = JSON.parse(await fsp.readFile(`${returned}.manifest.json`, 'utf8'));
+    expect(manifest.sha256).toBe(sha256('the real body'));
+  });
+
+  it('refuses a fetcher answer that is not a body with InvalidOptionsError, leaving no tmp file', async () => {
+    const cache = cacheWith();
+    await expect(cache.getOrFetch('odd', () => 42 as unknown as string)).rejects.toBeInstanceOf(
+      InvalidOptionsError,
+    );
+    await expect(cache.getOrFetch('odd', () => ({ body: 'x', expectedSize: -1 }))).rejects.toBeInstanceOf(
+      InvalidOptionsError,
+    );
+    expect(await tmpFilesIn(dirOf())).toEqual([]);
+    expect(await exists(path.join(dirOf(), 'odd'))).toBe(false);
+  });
+});
+
+describe('hits, expiry and refresh', () => {
+  it('serves a hit without calling the fetcher or the validator', async () => {
+    const cache = cacheWith();
+    await cache.getOrFetch('k', () => 'v1');
+    let fetches = 0;
+    let validations = 0;
+    const again = await cache.getOrFetch(
+      'k',
+      () => {
+        fetches++;
+        return 'v2';
+      },
+      { validator: () => void validations++ },
+    );
+    expect([fetches, validations]).toEqual([0, 0]);
+    expect(await fsp.readFile(again, 'utf8')).toBe('v1');
+  });
+
+  it('refetches once the TTL has passed, and hands the fetcher the expired entry', async () => {
+    const cache = cacheWith({ ttl: 1_000 });
+    await cache.getOrFetch('k', () => ({ body: 'old', etag: '"e1"' }));
+    clock.advance(999);
+    expect(await cache.has('k')).toBe(true);
+    clock.advance(1);
+    expect(await cache.has('k')).toBe(false);
+    let seen: FetchContext['previous'];
+    const returned = await cache.getOrFetch('k', (ctx) => {
+      seen = ctx.previous;
+      return 'new';
+    });
+    expect(seen?.manifest.etag).toBe('"e1"');
+    expect(seen?.path).toBe(returned);
+    expect(await fsp.readFile(returned, 'utf8')).toBe('new');
+  });
+
+  it('refetches a fresh entry when asked to refresh', async () => {
+    const cache = cacheWith();
+    await cache.getOrFetch('k', () => 'v1');
+    let previousSize: number | undefined;
+    const returned = await cache.getOrFetch(
+      'k',
+      (ctx) => {
+        previousSize = ctx.previous?.manifest.size_bytes;
+        return 'v22';
+      },
+      { refresh: true },
+    );
+    expect(previousSize).toBe(2);
+    expect(await fsp.readFile(returned, 'utf8')).toBe('v22');
+  });
+
+  it('never expires an entry with ttl Infinity', async () => {
+    const cache = cacheWith({ ttl: Number.POSITIVE_INFINITY });
+    await cache.getOrFetch('k', () => 'forever');
+    clock.advance(100 * 365 * 24 * HOUR);
+    expect(await cache.get('k')).toBe(path.join(dirOf(), 'k'));
+  });
+
+  it('does not serve a payload that is a symlink', async () => {
+    const cache = cacheWith();
+    const outside = path.join(root, 'outside.txt');
+    await fsp.writeFile(outside, 'secret');
+    await cache.getOrFetch('k', () => 'secret');
+    await fsp.rm(path.join(dirOf(), 'k'));
+    await fsp.symlink(outside, path.join(dirOf(), 'k'));
+    expect(await cache.get('k')).toBeUndefined();
+  });
+});
+
+describe('refused payloads publish nothing and keep the previous entry', () => {
+  async function withExpiredPrevious() {
+    const cache = cacheWith({ ttl: 1_000 });
+    await cache.getOrFetch('k', () => 'previous');
+    clock.advance(5_000);
+    return cache;
+  }
+
+  async function expectPreviousIntactAndLockFree(cache: CacheManager) {
+    expect(await fsp.readFile(path.join(dirOf(), 'k'), 'utf8')).toBe('previous');
+    expect(await tmpFilesIn(dirOf())).toEqual([]);
+    expect(await exists(path.join(dirOf(), 'k.lock'))).toBe(false);
+    // lockTimeoutMs 0: any lock still held would fail this call at once.
+    const impatient = cacheWith({ ttl: 1_000, lockTimeoutMs: 0 });
+    expect(await fsp.readFile(await impatient.getOrFetch('k', () => 'next'), 'utf8')).toBe('next');
+    void cache;
+  }
+
+  it('validator rejection', async () => {
+    const cache = await withExpiredPrevious();
+    const problem = new Error('not a zip');
+    let seenPath = '';
+    const error = await cache
+      .getOrFetch('k', () => 'bad bytes', {
+        validator: async (info) => {
+          seenPath = info.path;
+          expect(info.sizeBytes).toBe(9);
+          expect(info.sha256).toBe(sha256('bad bytes'));
+          expect((await info.bytes()).toString()).toBe('bad bytes');
+          throw problem;
+        },
+      })
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(BulkPayloadCorruptError);
+    expect(error).toMatchObject({
+      code: 'ERR_PAYLOAD_CORRUPT',
+      key: 'k',
+      reason: 'validator-rejected',
+      cause: problem,
+    });
+    expect(seenPath).toContain('.tmp.');
+    await expectPreviousIntactAndLockFree(cache);
+  });
+
+  it('a body shorter than expectedSize (truncated)', async () => {
+    const cache = await withExpiredPrevious();
+    await expect(cache.getOrFetch('k', () => ({ body: 'short', expectedSize: 10 }))).rejects.toMatchObject({
+      code: 'ERR_PAYLOAD_CORRUPT',
+      reason: 'truncated',
+    });
+    await expectPreviousIntactAndLockFree(cache);
+  });
+
+  it('a body longer than expectedSize', async () => {
+    const cache = await withExpiredPrevious();
+    await expect(cache.getOrFetch('k', () => ({ body: 'too long', expectedSize: 3 }))).rejects.toMatchObject({
+      reason: 'size-mismatch',
+    });
+    await expectPreviousIntactAndLockFree(cache);
+  });
+
+  it('a sha256 mismatch', async () => {
+    const cache = await withExpiredPrevious();
+    await expect(
+      cache.getOrFetch('k', () => ({ body: 'bytes', sha256: sha256('other') })),
+    ).rejects.toMatchObject({
+      reason: 'hash-mismatch',
+    });
+    await expectPreviousIntactAndLockFree(cache);
+  });
+
+  it('a throwing fetcher: its own error propagates unchanged', async () => {
+    const cache = await withExpiredPrevious();
+    const failure = new Error('server down');
+    await expect(
+      cache.getOrFetch('k', () => {
+        throw failure;
+      }),
+    ).rejects.toBe(failure);
+    await expectPreviousIntactAndLockFree(cache);
+  });
+
+  it('a stream that fails mid-body: its error propagates unchanged', async () => {
+    const cache = await withExpiredPrevious();
+    const failure = new Error('connection reset');
+    const body = (async function* () {
+      yield Buffer.from('half of it');
+      throw failure;
+    })();
+    await expect(cache.getOrFetch('k', () => body)).rejects.toBe(failure);
+    await expectPreviousIntactAndLockFree(cache);
+  });
+});
+
+describe('staleIfError and NOT_MODIFIED', () => {
+  it('serves the expired entry when the fetcher fails, and only with staleIfError', async () => {
+    const cache = cacheWith({ ttl: 1_000 });
+    const first = await cache.getOrFetch('k', () => 'old but usable');
+    clock.advance(10_000);
+    const failing = () => Promise.reject(new Error('offline'));
+    await expect(cache.getOrFetch('k', failing)).rejects.toThrow('offline');
+    expect(await cache.getOrFetch('k', failing, { staleIfError: true })).toBe(first);
+    const corrupt = () => ({ body: 'x', expectedSize: 5 });
+    expect(await cache.getOrFetch('k', corrupt, { staleIfError: true })).toBe(first);
+    await expect(cache.getOrFetch('missing', failing, { staleIfError: true })).rejects.toThrow('offline');
+  });
+
+  it('serves the expired entry when the lock wait times out', async () => {
+    const cache = cacheWith({ ttl: 1_000, lockTimeoutMs: 50 });
+    const first = await cache.getOrFetch('k', () => 'old');
+    clock.advance(10_000);
+    const held = await tryLock(path.join(dirOf(), 'k.lock'), 10_000);
+    try {
+      await expect(cache.getOrFetch('k', () => 'new')).rejects.toBeInstanceOf(LockTimeoutError);
+      expect(await cache.getOrFetch('k', () => 'new', { staleIfError: true })).toBe(first);
+    } finally {
+      await held?.release();
+    }
+  });
+
+  it('does not turn an abort into a stale answer', async () => {
+    const cache = cacheWith({ ttl: 1_000 });
+    await cache.getOrFetch('k', () => 'old');
+    clock.advance(10_000);
+    const controller = new AbortController();
+    const pending = cache.getOrFetch('k', () => new Promise<string>(() => {}), {
+      signal: controller.signal,
+      staleIfError: true,
+    });
+    setTimeout(() => controller.abort(), 20);
+    await expect(pending).rejects.toMatchObject({ name: 'AbortError' });
+  });
+
+  it('NOT_MODIFIED renews the previous entry without rewriting the payload', async () => {
+    const cache = cacheWith({ ttl: 1_000 });
+    const first = await cache.getOrFetch('k', () => ({ body: 'v1', etag: '"abc"' }));
+    const inodeBefore = (await fsp.stat(first)).ino;
+    const manifestPath = `${first}.manifest.json`;
+    await fsp.writeFile(
+      manifestPath,
+      JSON.stringify({ ...JSON.parse(await fsp.readFile(manifestPath, 'utf8')), extra_field: 'kept' }),
+    );
+    clock.advance(5_000);
+    let conditional: string | undefined;
+    const renewed = await cache.getOrFetch('k', (ctx) => {
+      conditional = ctx.previous?.manifest.etag;
+      return NOT_MODIFIED;
+    });
+    expect(conditional).toBe('"abc"');
+    expect(renewed).toBe(first);
+    expect((await fsp.stat(renewed)).ino).toBe(inodeBefore);
+    const manifest = JSON.parse(await fsp.readFile(manifestPath, 'utf8'));
+    expect(manifest.created_at).toBe(new Date(clock.now()).toISOString());
+    expect(manifest.extra_field).toBe('kept');
+    expect(await cache.has('k')).toBe(true);
+  });
+
+  it('NOT_MODIFIED without a previous entry is InvalidOptionsError', async () => {
+    const cache = cacheWith();
+    await expect(cache.getOrFetch('k', () => NOT_MODIFIED)).rejects.toBeInstanceOf(InvalidOptionsError);
+    expect(await exists(path.join(dirOf(), 'k.manifest.json'))).toBe(false);
+  });
+});
+
+describe('manifests that are not trustworthy', () => {
+  async function seeded(manifestText: string, payload = 'payload!') {
+    await fsp.mkdir(dirOf(), { recursive: true });
+    await fsp.writeFile(path.join(dirOf(), 'k'), payload);
+    await fsp.writeFile(path.join(dirOf(), 'k.manifest.json'), manifestText);
+  }
+  const valid = (fields: Record<string, unknown>) =>
+    JSON.stringify({
+      schema_version: 1,
+      created_at: new Date(clock.now()).toISOString(),
+      size_bytes: 8,
+      ...fields,
+    });
+
+  const misses: Record<string, () => string> = {
+    garbage: () => '\u0000\u0001 not json {',
+    'empty file': () => '',
+    'JSON array': () => '[1,2,3]',
+    'size as string': () => valid({ size_bytes: '8' }),
+    'numeric created_at': () => valid({ created_at: clock.now() }),
+    'far-future created_at': () => valid({ created_at: new Date(clock.now() + 24 * HOUR).toISOString() }),
+    'size mismatch': () => valid({ size_bytes: 9 }),
+    'another key': () => valid({ key: 'K' }),
+  };
+  for (const [kind, text] of Object.entries(misses)) {
+    it(`treats a manifest with ${kind} as a miss`, async () => {
+      await seeded(text());
+      const cache = cacheWith();
+      expect(await cache.has('k')).toBe(false);
+      const returned = await cache.getOrFetch('k', () => 'refetched');
+      expect(await fsp.readFile(returned, 'utf8')).toBe('refetched');
+    });
+  }
+
+  it('serves an entry written by the Python imf_reader 1.5 cache', async () => {
+    const createdAt = new Date(clock.now() - 1_000).toISOString().replace(/\.\d{3}Z$/, '+0000');
+    await seeded(JSON.stringify({ schema_version: '1.5.0', created_at: createdAt, size_bytes: 8 }));
+    const cache = cacheWith();
+    let fetched = false;
+    const returned = await cache.getOrFetch('k', () => {
+      fetched = true;
+      return 'x';
+    });
+    expect(fetched).toBe(false);
+    expect(await fsp.readFile(returned, 'utf8')).toBe('payload!');
+  });
+});
+
+describe('eviction', () => {
+  const noGrace = { touchIntervalMs: 0, evictionGraceMs: 0 };
+  async function write(cache: CacheManager, key: string, body = key) {
+    await cache.getOrFetch(key, () => body);
+    clock.advance(1_000);
+  }
+  const keysOf = async (cache: CacheManager) => (await cache.list()).map((entry) => entry.key).sort();
+
+  it('keeps keepN entries, evicting the least recently USED (a hit moves an entry up)', async () => {
+    const cache = cacheWith({ keepN: 3, ...noGrace });
+    for (const key of ['a', 'b', 'c']) await write(cache, key);
+    await cache.getOrFetch('a', () => 'unused');
+    clock.advance(1_000);
+    await write(cache, 'd');
+    expect(await keysOf(cache)).toEqual(['a', 'c', 'd']);
+  });
+
+  it('evicts by maxBytes', async () => {
+    const cache = cacheWith({ keepN: Number.POSITIVE_INFINITY, maxBytes: 25, ...noGrace });
+    for (const key of ['a', 'b', 'c']) await write(cache, key, key.repeat(10));
+    expect(await keysOf(cache)).toEqual(['b', 'c']);
+  });
+
+  it('never evicts the key just written, even when it alone exceeds maxBytes', async () => {
+    const cache = cacheWith({ maxBytes: 5, ...noGrace });
+    await write(cache, 'a', 'aaa');
+    await write(cache, 'big', 'x'.repeat(100));
+    expect(await keysOf(cache)).toEqual(['big']);
+  });
+
+  it('never evicts entries used inside the grace window', async () => {
+    const cache = cacheWith({ keepN: 1, touchIntervalMs: 0, evictionGraceMs: 10_000 });
+    await write(cache, 'a');
+    await write(cache, 'b');
+    expect(await keysOf(cache)).toEqual(['a', 'b']);
+    clock.advance(20_000);
+    await write(cache, 'c');
+    expect(await keysOf(cache)).toEqual(['c']);
+  });
+
+  it('never evicts an entry whose lock is held', async () => {
+    const cache = cacheWith({ keepN: 1, ...noGrace });
+    await write(cache, 'a');
+    const held = await tryLock(path.join(dirOf(), 'a.lock'), 10_000);
+    try {
+      await write(cache, 'b');
+      expect(await keysOf(cache)).toEqual(['a', 'b']);
+    } finally {
+      await held?.release();
+    }
+    const report = await cache.prune();
+    expect(report.removed.map((item) => [item.key, item.reason])).toEqual([['a', 'evicted']]);
+    expect(await keysOf(cache)).toEqual(['b']);
+  });
+});
+
+describe('clear, prune and orphans', () => {
+  it('clear() removes committed entries but not a held lock or its young tmp file', async () => {
+    const cache = cacheWith();
+    await cache.getOrFetch('a', () => 'A');
+    await cache.getOrFetch('b', () => 'B');
+    const held = await tryLock(path.join(dirOf(), 'busy.lock'), 10_000);
+    const youngTmp = path.join(dirOf(), 'busy.tmp.otherhost.123.abcdef');
+    await fsp.writeFile(youngTmp, 'in flight');
+    try {
+      await cache.clear();
+      expect(await cache.get('a')).toBeUndefined();
+      expect(await cache.get('b')).toBeUndefined();
+      expect(await exists(path.join(dirOf(), 'busy.lock', 'owner.json'))).toBe(true);
+      expect(await exists(youngTmp)).toBe(true);
+      expect((await fsp.readdir(dirOf())).sort()).toEqual(['busy.lock', path.basename(youngTmp)]);
+    } finally {
+      await held?.release();
+    }
+  });
+
+  it('clear() on a key with a live writer removes its manifest, so the key is a miss at once', async () => {
+    const cache = cacheWith();
+    await cache.getOrFetch('a', () => 'A');
+    const held = await tryLock(path.join(dirOf(), 'a.lock'), 10_000);
+    try {
+      await cache.clear();
+      expect(await cache.has('a')).toBe(false);
+    } finally {
+      await held?.release();
+    }
+  });
+
+  it('prune() sweeps orphans older than staleTmpMs and keeps younger ones', async () => {
+    const cache = cacheWith({ staleTmpMs: HOUR });
+    await cache.getOrFetch('kept', () => 'K');
+    await cache[backgroundSweep];
+    const old = new Date(clock.now() - 2 * HOUR);
+    const young = new Date(clock.now() - 1_000);
+    const plant = async (name: string, when: Date) => {
+      const file = path.join(dirOf(), name);
+      await fsp.writeFile(file, 'junk');
+      await fsp.utimes(file, when, when);
+      return file;
+    };
+    const oldTmp = await plant('x.tmp.h.1.aa', old);
+    const youngTmp = await plant('y.tmp.h.1.bb', young);
+    const oldLonePayload = await plant('lone-old', old);
+    const youngLonePayload = await plant('lone-young', young);
+    const loneManifest = await plant('ghost.manifest.json', young);
+    const report = await cache.prune();
+    expect(report.removed.map((item) => [path.basename(item.path), item.reason]).sort()).toEqual(
+      [
+        ['x.tmp.h.1.aa', 'orphan-tmp'],
+        ['lone-old', 'orphan-payload'],
+        ['ghost.manifest.json', 'orphan-manifest'],
+      ].sort(),
+    );
+    expect(await exists(oldTmp)).toBe(false);
+    expect(await exists(oldLonePayload)).toBe(false);
+    expect(await exists(loneManifest)).toBe(false);
+    expect(await exists(youngTmp)).toBe(true);
+    expect(await exists(youngLonePayload)).toBe(true);
+    expect(await cache.has('kept')).toBe(true);
+  });
+
+  it('prune() removes expired entries', async () => {
+    const cache = cacheWith({ ttl: 1_000, touchIntervalMs: 0, evictionGraceMs: 0 });
+    await cache.getOrFetch('old', () => 'O');
+    clock.advance(5_000);
+    await cache.getOrFetch('new', () => 'N');
+    const report = await cache.prune();
+    expect(report.removed).toEqual([{ key: 'old', path: path.join(dirOf(), 'old'), reason: 'expired' }]);
+    expect((await cache.list()).map((entry) => entry.key)).toEqual(['new']);
+  });
+
+  it('delete() removes one entry', async () => {
+    const cache = cacheWith();
+    await cache.getOrFetch('a', () => 'A');
+    expect(await cache.delete('a')).toBe(true);
+    expect(await cache.delete('a')).toBe(false);
+    expect(await fsp.readdir(dirOf())).toEqual([]);
+  });
+});
+
+describe('list and verify', () => {
+  it('lists entries most recently used first, with their facts', async () => {
+    const cache = cacheWith({ ttl: 10_000, touchIntervalMs: 0 });
+    await cache.getOrFetch('first', () => '1');
+    clock.advance(1_000);
+    await cache.getOrFetch('second', () => '22');
+    clock.advance(1_000);
+    await cache.get('first');
+    clock.advance(8_000);
+    const entries = await cache.list();
+    expect(entries.map((entry) => [entry.key, entry.sizeBytes, entry.expired])).toEqual([
+      ['first', 1, true],
+      ['second', 2, false],
+    ]);
+    expect(entries[0]?.lastUsedAt.getTime()).toBe(Date.parse('2026-01-01T00:00:02Z'));
+    expect(entries[1]?.sha256).toBe(sha256('22'));
+  });
+
+  it('verify() finds a payload altered on disk and fix removes it', async () => {
+    const cache = cacheWith();
+    await cache.getOrFetch('good', () => 'good');
+    const bad = await cache.getOrFetch('bad', () => 'abcd');
+    await fsp.writeFile(bad, 'abce');
+    const report = await cache.verify();
+    expect(report.checked).toBe(1);
+    expect(report.bad).toEqual([{ key: 'bad', path: bad, reason: 'hash-mismatch' }]);
+    expect(report.removed).toEqual([]);
+    const fixed = await cache.verify({ fix: true });
+    expect(fixed.removed).toEqual([{ key: 'bad', path: bad, reason: 'hash-mismatch' }]);
+    expect((await cache.list()).map((entry) => entry.key)).toEqual(['good']);
+  });
+});
+
+describe('concurrency inside one process', () => {
+  it('50 concurrent calls on one key run the fetcher once', async () => {
+    const cache = cacheWith();
+    let fetches = 0;
+    const slowFetch = async () => {
+      fetches++;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      return patternBytes(100_000);
+    };
+    const paths = await Promise.all(Array.from({ length: 50 }, () => cache.getOrFetch('hot', slowFetch)));
+    expect(fetches).toBe(1);
+    expect(new Set(paths).size).toBe(1);
+    expect(sha256(await fsp.readFile(paths[0] as string))).toBe(sha256(patternBytes(100_000)));
+  });
+
+  it('two managers on the same sublayer share the flight too', async () => {
+    let fetches = 0;
+    const fetch = async () => {
+      fetches++;
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      return 'shared';
+    };
+    await Promise.all([cacheWith().getOrFetch('k', fetch), cacheWith().getOrFetch('k', fetch)]);
+    expect(fetches).toBe(1);
+  });
+
+  it("one caller's abort does not fail the others", async () => {
+    const cache = cacheWith();
+    const controller = new AbortController();
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const fetch = async () => {
+      await gate;
+      return 'done';
+    };
+    const aborted = cache.getOrFetch('k', fetch, { signal: controller.signal });
+    const patient = cache.getOrFetch('k', fetch);
+    const alsoPatient = cache.getOrFetch('k', fetch, { signal: new AbortController().signal });
+    controller.abort();
+    await expect(aborted).rejects.toMatchObject({ name: 'AbortError' });
+    release();
+    expect(await fsp.readFile(await patient, 'utf8')).toBe('done');
+    expect(await alsoPatient).toBe(await patient);
+  });
+
+  it('signal aborts a lock wait', async () => {
+    const cache = cacheWith();
+    await fsp.mkdir(dirOf(), { recursive: true });
+    const held = await tryLock(path.join(dirOf(), 'k.lock'), 10_000);
+    try {
+      const reason = new Error('caller gave up');
+      const controller = new AbortController();
+      let fetched = false;
+      const pending = cache.getOrFetch(
+        'k',
+        () => {
+          fetched = true;
+          return 'x';
+        },
+        { signal: controller.signal },
+      );
+      setTimeout(() => controller.abort(reason), 30);
+      await expect(pending).rejects.toBe(reason);
+      expect(fetched).toBe(false);
+    } finally {
+      await held?.release();
+    }
+  });
+
+  it('signal aborts a running fetch and leaves no tmp file behind', async () => {
+    const cache = cacheWith();
+    const controller = new AbortController();
+    let streamDestroyed = false;
+    const endless = new Readable({
+      read() {
+        setTimeout(() => this.push(Buffer.alloc(16_384, 1)), 1);
+      },
+      destroy(error, callback) {
+        streamDestroyed = true;
+        callback(error);
+      },
+    });
+    const pending = cache.getOrFetch('k', () => endless, { signal: controller.signal });
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect((await tmpFilesIn(dirOf())).length).toBe(1);
+    controller.abort();
+    await expect(pending).rejects.toMatchObject({ name: 'AbortError' });
+    expect(await tmpFilesIn(dirOf())).toEqual([]);
+    expect(await exists(path.join(dirOf(), 'k'))).toBe(false);
+    expect(await exists(path.join(dirOf(), 'k.lock'))).toBe(false);
+    expect(streamDestroyed).toBe(true);
+  });
+
+  it('an already-aborted signal rejects without fetching', async () => {
+    const cache = cacheWith();
+    let fetched = false;
+    const controller = new AbortController();
+    controller.abort();
+    await expect(
+      cache.getOrFetch(
+        'k',
+        () => {
+          fetched = true;
+          return 'x';
+        },
+        { signal: controller.signal },
+      ),
+    ).rejects.toMatchObject({ name: 'AbortError' });
+    expect(fetched).toBe(false);
+  });
+});
+
+describe('the cache directory', () => {
+  it('writes CACHEDIR.TAG at the root', async () => {
+    await cacheWith().getOrFetch('k', () => 'v');
+    const tag = await fsp.readFile(path.join(root, 'CACHEDIR.TAG'), 'utf8');
+    expect(tag.startsWith('Signature: 8a477f597d28d172789f06886806bc55')).toBe(true);
+  });
+});
+
+function* chunked(bytes: Buffer, size: number): Generator<Buffer> {
+  for (let offset = 0; offset < bytes.length; offset += size) yield bytes.subarray(offset, offset + size);
+}

@@ -1,0 +1,55 @@
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+/** A fresh directory under the OS tmp dir; remove it with {@link removeTempDirs}. */
+const made: string[] = [];
+export async function makeTempDir(prefix = 'payload-cache-test-'): Promise<string> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+  made.push(dir);
+  return dir;
+}
+
+export async function removeTempDirs(): Promise<void> {
+  await Promise.all(made.splice(0).map((dir) => fsp.rm(dir, { recursive: true, force: true })));
+}
+
+/** Deterministic pseudo-random bytes, so a mismatch shows up in the hash. */
+export function patternBytes(size: number, seed = 1): Buffer {
+  const out = Buffer.allocUnsafe(size);
+  let state = seed >>> 0 || 1;
+  for (let i = 0; i < size; i++) {
+    state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+    out[i] = state >>> 24;
+  }
+  return out;
+}
+
+export function sha256(bytes: Uint8Array | string): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** Names in `dir` that are tmp files (in-flight or orphaned writes). */
+export async function tmpFilesIn(dir: string): Promise<string[]> {
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  return names.filter((name) => name.includes('.tmp.'));
+}
+
+export async function exists(filePath: string): Promise<boolean> {
+  return fsp.lstat(filePath).then(
+    () => true,
+    () => false,
+  );
+}
+
+/** A controllable clock for `now`. */
+export function manualClock(startMs = Date.parse('2026-01-01T00:00:00Z')) {
+  let nowMs = startMs;
+  return {
+    now: () => nowMs,
+    advance(ms: number) {
+      nowMs += ms;
+    },
+  };
+}
