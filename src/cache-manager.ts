@@ -1,4 +1,3 @@
-import { promises as fsp } from 'node:fs';
 import { raceAbort } from './abort.js';
 import { ensureDir, PayloadWriter, removeFile } from './atomic-writer.js';
 import { resolveRoot } from './cache-root.js';
@@ -12,7 +11,7 @@ import {
   touchEntry,
   writeCacheDirTag,
 } from './entry-store.js';
-import { BulkPayloadCorruptError, InvalidKeyError, InvalidOptionsError } from './errors.js';
+import { InvalidKeyError, InvalidOptionsError } from './errors.js';
 import {
   clearSublayer,
   evict,
@@ -23,15 +22,10 @@ import {
   sweepOrphans,
   verifySublayer,
 } from './evictor.js';
+import { asFetchedBody, checkIntegrity, runValidator } from './fetch-result.js';
 import { FlightTable } from './flight.js';
 import type { Freshness } from './manifest.js';
-import {
-  type CacheManagerOptions,
-  resolveSettings,
-  type Settings,
-  validateFetchArgs,
-  validateFetchedFacts,
-} from './options.js';
+import { type CacheManagerOptions, resolveSettings, type Settings, validateFetchArgs } from './options.js';
 import { tryLock, waitForLock } from './soft-lock.js';
 import {
   type EntryInfo,
@@ -310,62 +304,6 @@ export class CacheManager {
         () => {},
         () => {},
       );
-  }
-}
-
-function asFetchedBody(result: Exclude<FetchResult, typeof NOT_MODIFIED>): FetchedBody {
-  const fetched = isFetchedBody(result) ? result : { body: result };
-  validateFetchedFacts(fetched);
-  return fetched;
-}
-
-function isFetchedBody(result: Exclude<FetchResult, typeof NOT_MODIFIED>): result is FetchedBody {
-  return (
-    typeof result === 'object' &&
-    result !== null &&
-    'body' in result &&
-    !(result instanceof Uint8Array) &&
-    typeof (result as { pipe?: unknown }).pipe !== 'function' &&
-    typeof (result as { getReader?: unknown }).getReader !== 'function'
-  );
-}
-
-function checkIntegrity(key: string, writer: PayloadWriter, fetched: FetchedBody): void {
-  const { expectedSize, sha256 } = fetched;
-  if (expectedSize !== undefined && writer.sizeBytes !== expectedSize) {
-    const reason = writer.sizeBytes < expectedSize ? 'truncated' : 'size-mismatch';
-    throw new BulkPayloadCorruptError(
-      key,
-      reason,
-      `expected ${expectedSize} bytes, received ${writer.sizeBytes}`,
-    );
-  }
-  if (sha256 !== undefined && writer.sha256 !== sha256.toLowerCase()) {
-    throw new BulkPayloadCorruptError(
-      key,
-      'hash-mismatch',
-      `expected sha256 ${sha256}, got ${writer.sha256}`,
-    );
-  }
-}
-
-async function runValidator(
-  key: string,
-  writer: PayloadWriter,
-  validator: GetOrFetchOptions['validator'],
-): Promise<void> {
-  if (!validator) return;
-  try {
-    await validator({
-      key,
-      path: writer.tmpPath,
-      sizeBytes: writer.sizeBytes,
-      sha256: writer.sha256,
-      bytes: () => fsp.readFile(writer.tmpPath),
-    });
-  } catch (error) {
-    const detail = error instanceof Error ? error.message : String(error);
-    throw new BulkPayloadCorruptError(key, 'validator-rejected', detail, { cause: error });
   }
 }
 

@@ -1,7 +1,7 @@
 import { validateKey } from './entry-paths.js';
 import { InvalidOptionsError } from './errors.js';
 import { MIN_LOCK_STALE_MS } from './soft-lock.js';
-import type { FetchedBody, GetOrFetchOptions } from './types.js';
+import type { GetOrFetchOptions } from './types.js';
 
 export interface CacheManagerOptions {
   /** One path segment naming this manager's directory under the root (same rules as a key). */
@@ -105,20 +105,5 @@ export function validateFetchArgs(fetchFn: unknown, options: unknown): asserts o
   for (const [name, value] of Object.entries({ refresh, staleIfError })) {
     if (value !== undefined && typeof value !== 'boolean')
       throw new InvalidOptionsError(`${name} must be a boolean`);
-  }
-}
-
-/** Checks what a fetcher said about its body before any byte is written. */
-export function validateFetchedFacts(fetched: FetchedBody): void {
-  const { expectedSize, sha256, etag, lastModified } = fetched;
-  if (expectedSize !== undefined && !(Number.isSafeInteger(expectedSize) && expectedSize >= 0)) {
-    throw new InvalidOptionsError(`expectedSize must be an integer >= 0, got ${String(expectedSize)}`);
-  }
-  if (sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(sha256)) {
-    throw new InvalidOptionsError('sha256 must be 64 hex digits');
-  }
-  for (const [name, value] of Object.entries({ etag, lastModified })) {
-    if (value !== undefined && typeof value !== 'string')
-      throw new InvalidOptionsError(`${name} must be a string`);
   }
 }
