@@ -299,7 +299,7 @@ export class CacheManager {
     if (this.#sweptDirs.has(scope.dir)) return;
     this.#sweptDirs.add(scope.dir);
     this[backgroundSweep] = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => sweepOrphans(this.#policy(this.#scope())))
+      .then(() => sweepOrphans({ ...this.#policy(this.#scope()), dir: scope.dir }))
       .then(
         () => {},
         () => {},

@@ -11,9 +11,12 @@ const NO_FOLLOW = constants.O_NOFOLLOW ?? 0;
 // ISO 8601 date-time with a zone: `...Z`, `...+00:00` or imf_reader's `...+0000`.
 const ISO_TIMESTAMP = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$/;
 
-/** Milliseconds since the epoch for an ISO 8601 timestamp with a zone, or NaN. */
+/** Milliseconds since the epoch for an ISO 8601 timestamp with a zone, or NaN (also for 2026-02-30). */
 export function parseTimestamp(text: string): number {
   if (!ISO_TIMESTAMP.test(text)) return Number.NaN;
+  const [year, month, day] = text.slice(0, 10).split('-').map(Number) as [number, number, number];
+  // Date.parse rolls impossible days over (Feb 30 -> Mar 2); such a timestamp was not written by a clock.
+  if (new Date(Date.UTC(year, month - 1, day)).getUTCDate() !== day) return Number.NaN;
   return Date.parse(text.replace(/([+-]\d{2})(\d{2})$/, '$1:$2'));
 }
 
@@ -37,7 +40,19 @@ const manifestSchema = z.looseObject({
 });
 
 /** The commit marker of one entry (DESIGN.md section 3). Unknown fields survive a rewrite. */
-export type Manifest = z.infer<typeof manifestSchema>;
+export interface Manifest {
+  /** 1 for manifests written here; imf_reader writes strings such as "1.5.0". */
+  schema_version: number | string;
+  key?: string | undefined;
+  /** ISO 8601 with a zone. */
+  created_at: string;
+  size_bytes: number;
+  /** Lower-case hex. */
+  sha256?: string | undefined;
+  etag?: string | undefined;
+  last_modified?: string | undefined;
+  [field: string]: unknown;
+}
 
 /** Parses manifest text; `undefined` for anything that is not a valid manifest (never throws). */
 export function parseManifest(text: string): Manifest | undefined {
@@ -48,7 +63,7 @@ export function parseManifest(text: string): Manifest | undefined {
     return undefined;
   }
   const parsed = manifestSchema.safeParse(json);
-  return parsed.success ? parsed.data : undefined;
+  return parsed.success ? (parsed.data as Manifest) : undefined;
 }
 
 /**
