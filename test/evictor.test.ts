@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { entryPaths } from '../src/entry-paths.js';
 import { evictionOrder, evictionShield, type ScannedEntry, scanSublayer } from '../src/evictor.js';
+import { symlinksNeedPrivilege } from './helpers.js';
 
 const DIR = path.join(path.sep, 'cache', 'imf');
 const entry = (key: string, lastUsedAtMs: number, sizeBytes = 1): ScannedEntry => ({
@@ -88,39 +89,42 @@ describe('scanSublayer', () => {
     expect(scan).toEqual({ entries: [], lonePayloads: [], loneManifests: [], tmpFiles: [], locks: [] });
   });
 
-  it('sorts every name into entries, lone payloads, lone manifests, tmp files and locks', async () => {
-    await writeWithMtime('a.zip', 'aaaaa', mtimeSeconds);
-    await writeWithMtime('a.zip.manifest.json', '{}');
-    await writeWithMtime('b.bin', 'bb', mtimeSeconds + 10);
-    await writeWithMtime('b.bin.manifest.json', '{}');
-    await writeWithMtime('lone', 'lone payload', mtimeSeconds + 20);
-    await writeWithMtime('ghost.manifest.json', '{}');
-    await writeWithMtime('c.zip.tmp.host.1234.0123456789abcdef', 'partial', mtimeSeconds + 30);
-    await fsp.mkdir(path.join(dir, 'd.zip.lock'));
-    await writeWithMtime('CACHEDIR.TAG', 'Signature: 8a477f597d28d172789f06886806bc55\n');
-    // A symlink named like a payload, with a manifest beside it: never an entry.
-    await fsp.symlink(path.join(dir, 'a.zip'), path.join(dir, 'link.zip'));
-    await writeWithMtime('link.zip.manifest.json', '{}');
+  it.skipIf(symlinksNeedPrivilege)(
+    'sorts every name into entries, lone payloads, lone manifests, tmp files and locks',
+    async () => {
+      await writeWithMtime('a.zip', 'aaaaa', mtimeSeconds);
+      await writeWithMtime('a.zip.manifest.json', '{}');
+      await writeWithMtime('b.bin', 'bb', mtimeSeconds + 10);
+      await writeWithMtime('b.bin.manifest.json', '{}');
+      await writeWithMtime('lone', 'lone payload', mtimeSeconds + 20);
+      await writeWithMtime('ghost.manifest.json', '{}');
+      await writeWithMtime('c.zip.tmp.host.1234.0123456789abcdef', 'partial', mtimeSeconds + 30);
+      await fsp.mkdir(path.join(dir, 'd.zip.lock'));
+      await writeWithMtime('CACHEDIR.TAG', 'Signature: 8a477f597d28d172789f06886806bc55\n');
+      // A symlink named like a payload, with a manifest beside it: never an entry.
+      await fsp.symlink(path.join(dir, 'a.zip'), path.join(dir, 'link.zip'));
+      await writeWithMtime('link.zip.manifest.json', '{}');
 
-    const scan = await scanSublayer(dir);
+      const scan = await scanSublayer(dir);
 
-    const byKey = [...scan.entries].sort((x, y) => (x.paths.key < y.paths.key ? -1 : 1));
-    expect(byKey).toEqual([
-      { paths: entryPaths(dir, 'a.zip'), sizeBytes: 5, lastUsedAtMs: mtimeSeconds * 1000 },
-      { paths: entryPaths(dir, 'b.bin'), sizeBytes: 2, lastUsedAtMs: (mtimeSeconds + 10) * 1000 },
-    ]);
-    expect(scan.entries.map((item) => item.paths.key)).not.toContain('link.zip');
+      const byKey = [...scan.entries].sort((x, y) => (x.paths.key < y.paths.key ? -1 : 1));
+      expect(byKey).toEqual([
+        { paths: entryPaths(dir, 'a.zip'), sizeBytes: 5, lastUsedAtMs: mtimeSeconds * 1000 },
+        { paths: entryPaths(dir, 'b.bin'), sizeBytes: 2, lastUsedAtMs: (mtimeSeconds + 10) * 1000 },
+      ]);
+      expect(scan.entries.map((item) => item.paths.key)).not.toContain('link.zip');
 
-    const lone = [...scan.lonePayloads].sort((x, y) => (x.paths.key < y.paths.key ? -1 : 1));
-    expect(lone.map((item) => item.paths)).toEqual([entryPaths(dir, 'link.zip'), entryPaths(dir, 'lone')]);
-    expect(lone.find((item) => item.paths.key === 'lone')?.mtimeMs).toBe((mtimeSeconds + 20) * 1000);
+      const lone = [...scan.lonePayloads].sort((x, y) => (x.paths.key < y.paths.key ? -1 : 1));
+      expect(lone.map((item) => item.paths)).toEqual([entryPaths(dir, 'link.zip'), entryPaths(dir, 'lone')]);
+      expect(lone.find((item) => item.paths.key === 'lone')?.mtimeMs).toBe((mtimeSeconds + 20) * 1000);
 
-    expect(scan.loneManifests).toEqual([entryPaths(dir, 'ghost')]);
-    expect(scan.tmpFiles).toEqual([
-      { path: path.join(dir, 'c.zip.tmp.host.1234.0123456789abcdef'), mtimeMs: (mtimeSeconds + 30) * 1000 },
-    ]);
-    expect(scan.locks).toEqual([entryPaths(dir, 'd.zip')]);
-  });
+      expect(scan.loneManifests).toEqual([entryPaths(dir, 'ghost')]);
+      expect(scan.tmpFiles).toEqual([
+        { path: path.join(dir, 'c.zip.tmp.host.1234.0123456789abcdef'), mtimeMs: (mtimeSeconds + 30) * 1000 },
+      ]);
+      expect(scan.locks).toEqual([entryPaths(dir, 'd.zip')]);
+    },
+  );
 
   it('does not count a directory named like a payload as an entry', async () => {
     await fsp.mkdir(path.join(dir, 'weird'));
@@ -131,11 +135,14 @@ describe('scanSublayer', () => {
     expect(scan.loneManifests).toEqual([]);
   });
 
-  it('does not count a dangling symlink named like a payload as an entry', async () => {
-    await fsp.symlink(path.join(dir, 'nowhere'), path.join(dir, 'dangling'));
-    await writeWithMtime('dangling.manifest.json', '{}');
-    const scan = await scanSublayer(dir);
-    expect(scan.entries).toEqual([]);
-    expect(scan.lonePayloads.map((item) => item.paths.key)).toEqual(['dangling']);
-  });
+  it.skipIf(symlinksNeedPrivilege)(
+    'does not count a dangling symlink named like a payload as an entry',
+    async () => {
+      await fsp.symlink(path.join(dir, 'nowhere'), path.join(dir, 'dangling'));
+      await writeWithMtime('dangling.manifest.json', '{}');
+      const scan = await scanSublayer(dir);
+      expect(scan.entries).toEqual([]);
+      expect(scan.lonePayloads.map((item) => item.paths.key)).toEqual(['dangling']);
+    },
+  );
 });

@@ -53,3 +53,9 @@ export function manualClock(startMs = Date.parse('2026-01-01T00:00:00Z')) {
     },
   };
 }
+
+/**
+ * Creating symlinks on Windows needs administrator rights or developer mode, which CI runners lack:
+ * symlink tests are skipped there for that reason alone.
+ */
+export const symlinksNeedPrivilege = process.platform === 'win32';
