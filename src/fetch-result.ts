@@ -11,8 +11,27 @@ import type { FetchedBody, FetchResult, GetOrFetchOptions, NOT_MODIFIED } from '
 /** Normalises a fetcher's answer to `{ body, ... }` and checks the facts it states about the body. */
 export function asFetchedBody(result: Exclude<FetchResult, typeof NOT_MODIFIED>): FetchedBody {
   const fetched = isFetchedBody(result) ? result : { body: result };
-  validateFetchedFacts(fetched);
+  try {
+    validateFetchedFacts(fetched);
+  } catch (error) {
+    releaseBody(fetched.body);
+    throw error;
+  }
   return fetched;
+}
+
+/** Lets go of a body that will not be read, so an HTTP response does not hold its socket open. */
+function releaseBody(body: unknown): void {
+  const source = body as {
+    destroy?: () => void;
+    cancel?: () => Promise<void>;
+    return?: () => Promise<unknown>;
+  };
+  try {
+    if (typeof source.destroy === 'function') source.destroy();
+    else if (typeof source.cancel === 'function') source.cancel().catch(() => {});
+    else if (typeof source.return === 'function') source.return().catch(() => {});
+  } catch {}
 }
 
 function isFetchedBody(result: Exclude<FetchResult, typeof NOT_MODIFIED>): result is FetchedBody {

@@ -703,3 +703,14 @@ describe('the cache directory', () => {
 function* chunked(bytes: Buffer, size: number): Generator<Buffer> {
   for (let offset = 0; offset < bytes.length; offset += size) yield bytes.subarray(offset, offset + size);
 }
+
+describe('a refused fetcher answer', () => {
+  it('destroys the body stream it will not read', async () => {
+    const cache = new CacheManager({ sublayer: 'data', ttl: 1_000, root });
+    const body = Readable.from(['never read']);
+    await expect(cache.getOrFetch('k', () => ({ body, expectedSize: 1.5 }))).rejects.toBeInstanceOf(
+      InvalidOptionsError,
+    );
+    expect(body.destroyed).toBe(true);
+  });
+});
