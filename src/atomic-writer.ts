@@ -2,8 +2,9 @@ import { createHash, type Hash } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { raceAbort, sleep } from './abort.js';
+import { crashPoint } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
-import { InvalidOptionsError } from './errors.js';
+import { InvalidOptionsError, PayloadCacheError } from './errors.js';
 import type { Body } from './types.js';
 
 // O_EXCL makes the create fail on anything already there, a planted symlink included.
@@ -21,6 +22,7 @@ export class PayloadWriter {
   #sizeBytes = 0;
   #resetRequested = false;
   #sha256: string | undefined;
+  #inode = 0;
 
   private constructor(tmpPath: string, handle: fsp.FileHandle) {
     this.tmpPath = tmpPath;
@@ -61,6 +63,7 @@ export class PayloadWriter {
         const next = await raceAbort(chunks.next(), signal);
         if (next.done) break;
         await this.#writeChunk(handle, toBytes(next.value));
+        await crashPoint('streaming');
       }
       await this.#applyPendingReset(handle);
     } finally {
@@ -75,8 +78,19 @@ export class PayloadWriter {
     const when = new Date(lastUsedAtMs);
     await handle.utimes(when, when);
     await handle.sync();
+    this.#inode = (await handle.stat()).ino;
     this.#handle = undefined;
     await handle.close();
+  }
+
+  /**
+   * Whether `filePath` is still the file this writer published. `true` when the file system reports no
+   * inode numbers, since nothing can be told then.
+   */
+  async isPublishedAt(filePath: string): Promise<boolean> {
+    if (this.#inode === 0) return true;
+    const stats = await fsp.lstat(filePath).catch(() => undefined);
+    return stats?.ino === this.#inode;
   }
 
   /** Publishes the sealed tmp file at `target` by rename, replacing whatever was there. */
@@ -235,9 +249,15 @@ export async function removeFile(filePath: string): Promise<boolean> {
   }
 }
 
-/** Creates `dir` and its parents; an existing directory is fine. */
-export async function ensureDir(dir: string): Promise<void> {
+/**
+ * Creates `dir` and its parents. An existing directory is fine, but not a symlink: in a shared cache
+ * directory, a planted symlink would send this writer's files outside the cache root.
+ */
+export async function ensureRealDir(dir: string): Promise<void> {
   await fsp.mkdir(path.resolve(dir), { recursive: true });
+  if ((await fsp.lstat(dir)).isSymbolicLink()) {
+    throw new PayloadCacheError('ERR_UNSAFE_PATH', `refusing to write through a symlink: ${dir}`);
+  }
 }
 
 export function errorCode(error: unknown): string {

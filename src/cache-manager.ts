@@ -1,6 +1,7 @@
 import { raceAbort } from './abort.js';
-import { ensureDir, PayloadWriter, removeFile } from './atomic-writer.js';
+import { ensureRealDir, PayloadWriter, removeFile } from './atomic-writer.js';
 import { resolveRoot } from './cache-root.js';
+import { crashPoint } from './crash-points.js';
 import { type EntryPaths, entryPaths, sublayerDir, validateKey } from './entry-paths.js';
 import {
   commitEntry,
@@ -107,7 +108,7 @@ export class CacheManager {
     signal: AbortSignal,
   ) {
     const { root, dir } = this.#scope();
-    await ensureDir(dir);
+    await ensureRealDir(dir);
     await this.#tagRoot(root);
     const lock = await waitForLock(paths.lock, {
       key: paths.key,
@@ -116,6 +117,7 @@ export class CacheManager {
       signal,
     });
     try {
+      await crashPoint('locked');
       const scope = this.#scope();
       const found = await lookupEntry(paths, scope.freshness);
       if (found.state === 'fresh' && !options.refresh) return this.#serve(paths, found, scope);
@@ -163,6 +165,7 @@ export class CacheManager {
       signal.throwIfAborted();
       const nowMs = this.#now();
       await writer.seal(nowMs);
+      await crashPoint('sealed');
       await commitEntry(paths, writer, {
         createdAtMs: nowMs,
         etag: fetched.etag,

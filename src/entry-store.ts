@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { errorCode, fsyncDir, type PayloadWriter, removeFile, writeFileAtomic } from './atomic-writer.js';
+import { crashPoint } from './crash-points.js';
 import { CACHEDIR_TAG, type EntryPaths } from './entry-paths.js';
 import {
   describesKey,
@@ -83,8 +84,15 @@ export async function commitEntry(
     last_modified: facts.lastModified,
   };
   await removeFile(paths.manifest);
+  await crashPoint('manifest-removed');
   await writer.renameTo(paths.payload);
+  await crashPoint('renamed');
   await writeManifest(paths.manifest, manifest);
+  await crashPoint('manifest-written');
+  // Only a lock that failed open lets another writer rename its payload over ours in between; our manifest
+  // would then describe its bytes. Withdrawing it leaves a miss, and that writer's own manifest (written
+  // after its rename) restores the entry.
+  if (!(await writer.isPublishedAt(paths.payload))) await removeFile(paths.manifest);
   await fsyncDir(paths.dir);
   return manifest;
 }
