@@ -72,15 +72,23 @@ export class PayloadWriter {
     }
   }
 
-  /** Sets the last-used time, flushes the bytes to stable storage and closes the file. */
+  /**
+   * Sets the last-used time and flushes the bytes to stable storage. The file stays open until
+   * {@link PayloadWriter.close}: while it is open its inode number cannot be reused by another file, which
+   * {@link PayloadWriter.isPublishedAt} relies on.
+   */
   async seal(lastUsedAtMs: number): Promise<void> {
     const handle = this.#openHandle();
     const when = new Date(lastUsedAtMs);
     await handle.utimes(when, when);
     await handle.sync();
     this.#inode = (await handle.stat()).ino;
+  }
+
+  async close(): Promise<void> {
+    const handle = this.#handle;
     this.#handle = undefined;
-    await handle.close();
+    await handle?.close();
   }
 
   /**
@@ -95,7 +103,14 @@ export class PayloadWriter {
 
   /** Publishes the sealed tmp file at `target` by rename, replacing whatever was there. */
   async renameTo(target: string): Promise<void> {
-    await renameWithRetry(this.tmpPath, target);
+    try {
+      await renameWithRetry(this.tmpPath, target);
+    } catch (error) {
+      // A directory planted at the payload's name: remove it (see removeFile) and publish again.
+      if (!['EISDIR', 'ENOTEMPTY', 'EEXIST'].includes(errorCode(error))) throw error;
+      await removeFile(target);
+      await renameWithRetry(this.tmpPath, target);
+    }
   }
 
   /** Closes and removes the tmp file; never throws (it runs on error paths). */
@@ -127,7 +142,9 @@ export class PayloadWriter {
     // Hash on the main thread while the write runs in the thread pool.
     const written = writeFully(handle, chunk, position);
     this.#hash.update(chunk);
-    await written;
+    await written.catch((error: unknown) => {
+      throw withPath(error, this.tmpPath);
+    });
   }
 }
 
@@ -238,13 +255,21 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-/** Removes a file; `false` when it was already gone. */
+/**
+ * Removes a file; `false` when it was already gone. A directory planted at one of the cache's own names
+ * goes too: the name is ours, and leaving it would block that entry for good.
+ */
 export async function removeFile(filePath: string): Promise<boolean> {
   try {
     await fsp.unlink(filePath);
     return true;
   } catch (error) {
-    if (errorCode(error) === 'ENOENT') return false;
+    const code = errorCode(error);
+    if (code === 'ENOENT') return false;
+    if ((code === 'EISDIR' || code === 'EPERM') && (await fsp.lstat(filePath)).isDirectory()) {
+      await fsp.rm(filePath, { recursive: true, force: true });
+      return true;
+    }
     throw error;
   }
 }
@@ -254,10 +279,42 @@ export async function removeFile(filePath: string): Promise<boolean> {
  * directory, a planted symlink would send this writer's files outside the cache root.
  */
 export async function ensureRealDir(dir: string): Promise<void> {
-  await fsp.mkdir(path.resolve(dir), { recursive: true });
-  if ((await fsp.lstat(dir)).isSymbolicLink()) {
-    throw new PayloadCacheError('ERR_UNSAFE_PATH', `refusing to write through a symlink: ${dir}`);
+  // A plain mkdir first: a recursive one reports a read-only parent as a misleading ENOENT (Node 20).
+  try {
+    await fsp.mkdir(dir);
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') {
+      await fsp.mkdir(path.dirname(dir), { recursive: true });
+      await fsp.mkdir(dir).catch(ignoreCode('EEXIST'));
+    } else if (errorCode(error) !== 'EEXIST') throw error;
   }
+  await assertRealDir(dir);
+}
+
+/**
+ * Throws `ERR_UNSAFE_PATH` when `dir` is a symlink: the cache never writes or deletes through one, since
+ * in a shared cache directory it may point anywhere (a sweep there would delete a stranger's files).
+ */
+export async function assertRealDir(dir: string): Promise<void> {
+  if ((await fsp.lstat(dir)).isSymbolicLink()) {
+    throw new PayloadCacheError('ERR_UNSAFE_PATH', `refusing to work through a symlink: ${dir}`);
+  }
+}
+
+function ignoreCode(code: string) {
+  return (error: unknown) => {
+    if (errorCode(error) !== code) throw error;
+  };
+}
+
+/** Adds the file's path to a system error that lacks one (`write` errors such as ENOSPC name none). */
+function withPath(error: unknown, filePath: string): unknown {
+  const errno = error as NodeJS.ErrnoException;
+  if (errno instanceof Error && errno.code && !errno.path) {
+    errno.path = filePath;
+    errno.message = `${errno.message} '${filePath}'`;
+  }
+  return error;
 }
 
 export function errorCode(error: unknown): string {

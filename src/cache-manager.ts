@@ -1,5 +1,5 @@
 import { raceAbort } from './abort.js';
-import { ensureRealDir, PayloadWriter, removeFile } from './atomic-writer.js';
+import { assertRealDir, ensureRealDir, errorCode, PayloadWriter, removeFile } from './atomic-writer.js';
 import { resolveRoot } from './cache-root.js';
 import { crashPoint } from './crash-points.js';
 import { type EntryPaths, entryPaths, sublayerDir, validateKey } from './entry-paths.js';
@@ -210,6 +210,7 @@ export class CacheManager {
   async delete(key: string): Promise<boolean> {
     validateKey(key);
     const paths = entryPaths(this.#scope().dir, key);
+    if (!(await isRealDir(paths.dir))) return false;
     const held = await tryLock(paths.lock, this.#settings.lockStaleMs).catch(() => undefined);
     if (!held) return removeFile(paths.manifest);
     try {
@@ -316,3 +317,14 @@ function isUsageError(error: unknown): boolean {
 }
 
 export type { CacheManagerOptions };
+
+/** `false` for a missing directory; rejects with ERR_UNSAFE_PATH for a symlink. */
+async function isRealDir(dir: string): Promise<boolean> {
+  return assertRealDir(dir).then(
+    () => true,
+    (error: unknown) => {
+      if (errorCode(error) === 'ENOENT') return false;
+      throw error;
+    },
+  );
+}

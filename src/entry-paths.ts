@@ -15,6 +15,8 @@ export const CACHEDIR_TAG = 'CACHEDIR.TAG';
 
 const WINDOWS_RESERVED = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$/i;
 // Besides `/` and `\`, characters Windows and SMB refuse in names; `:` would even open an NTFS stream.
+// With the u flag, paired surrogates are one code point; only lone halves match this range.
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
 const FORBIDDEN_CHARACTERS = /[/\\<>:"|?*]/;
 // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are exactly what it rejects
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f]/;
@@ -31,6 +33,8 @@ export function validateKey(value: unknown, what: 'key' | 'sublayer' = 'key'): s
   };
   if (typeof value !== 'string') return fail('must be a string');
   if (value.length === 0) return fail('must not be empty');
+  // A lone surrogate encodes as U+FFFD in a file name: two such keys would share one file.
+  if (LONE_SURROGATE.test(value)) return fail('must be well-formed Unicode (no lone surrogates)');
   if (Buffer.byteLength(value, 'utf8') > MAX_KEY_BYTES)
     return fail(`must be at most ${MAX_KEY_BYTES} UTF-8 bytes`);
   if (value.includes('\u0000')) return fail('must not contain NUL');

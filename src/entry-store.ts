@@ -93,6 +93,7 @@ export async function commitEntry(
   // would then describe its bytes. Withdrawing it leaves a miss, and that writer's own manifest (written
   // after its rename) restores the entry.
   if (!(await writer.isPublishedAt(paths.payload))) await removeFile(paths.manifest);
+  await writer.close();
   await fsyncDir(paths.dir);
   return manifest;
 }

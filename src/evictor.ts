@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
-import { errorCode, removeFile } from './atomic-writer.js';
+import { assertRealDir, errorCode, removeFile } from './atomic-writer.js';
 import { classifyName, type EntryPaths, entryPaths } from './entry-paths.js';
 import { describesKey, type Freshness, isExpired, type Manifest, readManifest } from './manifest.js';
 import { tryLock } from './soft-lock.js';
@@ -41,6 +41,7 @@ export async function scanSublayer(dir: string): Promise<SublayerScan> {
   const scan: SublayerScan = { entries: [], lonePayloads: [], loneManifests: [], tmpFiles: [], locks: [] };
   let names: string[];
   try {
+    await assertRealDir(dir);
     names = await fsp.readdir(dir);
   } catch (error) {
     if (errorCode(error) === 'ENOENT') return scan;

@@ -6,7 +6,8 @@ import { writeFileAtomic } from './atomic-writer.js';
 export const SCHEMA_VERSION = 1;
 /** A manifest is a few hundred bytes; anything past this is not one of ours and reads as a miss. */
 const MAX_MANIFEST_BYTES = 64 * 1024;
-const NO_FOLLOW = constants.O_NOFOLLOW ?? 0;
+// Never through a symlink, and never blocking on a FIFO planted in its place.
+const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 
 // ISO 8601 date-time with a zone: `...Z`, `...+00:00` or imf_reader's `...+0000`.
 const ISO_TIMESTAMP = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:?\d{2})$/;
@@ -73,7 +74,7 @@ export function parseManifest(text: string): Manifest | undefined {
 export async function readManifest(manifestPath: string): Promise<Manifest | undefined> {
   let handle: fsp.FileHandle | undefined;
   try {
-    handle = await fsp.open(manifestPath, constants.O_RDONLY | NO_FOLLOW);
+    handle = await fsp.open(manifestPath, READ_FLAGS);
     const buffer = Buffer.allocUnsafe(MAX_MANIFEST_BYTES + 1);
     let length = 0;
     while (length < buffer.length) {

@@ -2,7 +2,6 @@ import { randomUUID } from 'node:crypto';
 import fs, { constants } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import lockfile from 'proper-lockfile';
 import { sleep } from './abort.js';
 import { errorCode } from './atomic-writer.js';
@@ -24,6 +23,9 @@ import { LockTimeoutError } from './errors.js';
 /** Minimum stale threshold proper-lockfile accepts; its heartbeat runs every `staleMs / 2`. */
 export const MIN_LOCK_STALE_MS = 2_000;
 const OWNER_FILE = 'owner.json';
+const BREAKER_DIR = 'breaker';
+const READ_NO_FOLLOW_NO_BLOCK =
+  constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 const FIRST_POLL_MS = 5;
 // Waiters poll at most this far apart: a hand-off costs at most one interval, and an idle waiter
 // costs the file server about 20 small requests a second.
@@ -47,6 +49,8 @@ interface LockOwner {
 interface Heartbeat {
   mtime: Date;
   owner: LockOwner | undefined;
+  /** For a lock without owner file: its directory's inode, which tells one such lock from the next. */
+  dirInode?: number;
 }
 
 /** Takes the lock at once or returns `undefined` when someone else holds it; a stale lock is taken over. */
@@ -58,7 +62,14 @@ export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLo
     token: randomUUID(),
     acquiredAt: new Date().toISOString(),
   };
-  const state: AdapterState = { owner, createdByUs: false, observedToken: undefined, compromised: undefined };
+  const state: AdapterState = {
+    owner,
+    staleMs,
+    madeDir: false,
+    createdByUs: false,
+    observed: undefined,
+    compromised: undefined,
+  };
   try {
     const release = await lockfile.lock(lockTarget(lockPath), {
       lockfilePath: lockPath,
@@ -79,6 +90,8 @@ export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLo
     };
   } catch (error) {
     if (errorCode(error) === 'ELOCKED') return undefined;
+    // Our fresh directory vanished under us (a takeover judged it stale): we simply did not get the lock.
+    if (errorCode(error) === 'ENOENT' && state.madeDir) return undefined;
     throw error;
   }
 }
@@ -113,7 +126,7 @@ export async function waitForLock(lockPath: string, options: WaitForLockOptions)
 export async function isLockHeld(lockPath: string, staleMs: number): Promise<boolean> {
   try {
     const { mtime } = await readHeartbeat(lockPath);
-    return mtime.getTime() >= Date.now() - Math.max(staleMs, MIN_LOCK_STALE_MS);
+    return !isStale(mtime, staleMs);
   } catch {
     return false;
   }
@@ -136,10 +149,13 @@ function lockTarget(lockPath: string): string {
 
 interface AdapterState {
   readonly owner: LockOwner;
+  readonly staleMs: number;
+  /** Our mkdir of the lock directory succeeded (the owner file may not be written yet). */
+  madeDir: boolean;
   /** Our mkdir succeeded: from then on, removing the lock means removing our own. */
   createdByUs: boolean;
-  /** Owner token seen by the last staleness check, so a takeover can tell it removed that very lock. */
-  observedToken: string | undefined;
+  /** What the last staleness check saw, so that a takeover removes that very lock and no other. */
+  observed: Heartbeat | undefined;
   compromised: Error | undefined;
 }
 
@@ -160,7 +176,7 @@ function ownerFileAdapter(state: AdapterState) {
     stat(lockPath: string, callback: Callback<{ mtime: Date }>) {
       settle(callback)(
         readHeartbeat(lockPath).then((heartbeat) => {
-          state.observedToken = heartbeat.owner?.token;
+          state.observed = heartbeat;
           return { mtime: heartbeat.mtime };
         }),
       );
@@ -171,7 +187,7 @@ function ownerFileAdapter(state: AdapterState) {
     rmdir(lockPath: string, callback: Callback) {
       const removal = state.createdByUs
         ? removeOwnLock(lockPath, state.owner.token)
-        : breakStaleLock(lockPath, state.observedToken);
+        : breakStaleLock(lockPath, state.observed, state.staleMs);
       settle(callback)(removal);
     },
     rmdirSync(lockPath: string) {
@@ -182,6 +198,7 @@ function ownerFileAdapter(state: AdapterState) {
 
 async function createLock(lockPath: string, state: AdapterState): Promise<void> {
   await fs.promises.mkdir(lockPath);
+  state.madeDir = true;
   try {
     // `wx`: if a takeover put another holder's directory back in place meanwhile, we must not overwrite
     // its owner file; EEXIST then reads as "held" to proper-lockfile.
@@ -194,21 +211,22 @@ async function createLock(lockPath: string, state: AdapterState): Promise<void> 
 }
 
 async function readHeartbeat(lockPath: string): Promise<Heartbeat> {
+  const lockStats = await fs.promises.lstat(lockPath);
+  // Not a directory: nobody's lock, only an obstacle (see breakStaleLock).
+  if (!lockStats.isDirectory()) return { mtime: new Date(0), owner: undefined, dirInode: lockStats.ino };
   let handle: fs.promises.FileHandle;
   try {
-    handle = await fs.promises.open(
-      path.join(lockPath, OWNER_FILE),
-      constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0),
-    );
+    // O_NONBLOCK: a FIFO planted as the owner file must not hang the waiter.
+    handle = await fs.promises.open(path.join(lockPath, OWNER_FILE), READ_NO_FOLLOW_NO_BLOCK);
   } catch (error) {
     // Just created, owner file not written yet (or its writer died right there): the directory's age decides.
     if (errorCode(error) !== 'ENOENT') throw error;
-    const { mtime } = await fs.promises.stat(lockPath);
-    return { mtime, owner: undefined };
+    return { mtime: lockStats.mtime, owner: undefined, dirInode: lockStats.ino };
   }
   try {
-    const { mtime } = await handle.stat();
-    const owner = parseOwner(await handle.readFile('utf8'));
+    const stats = await handle.stat();
+    const mtime = stats.mtime;
+    const owner = stats.isFile() ? parseOwner(await handle.readFile('utf8')) : undefined;
     // On the same host a dead pid proves the holder is gone; no need to wait for the heartbeat to age.
     const holderIsDead = owner?.host === thisHost && !isProcessAlive(owner.pid);
     return { mtime: holderIsDead ? new Date(0) : mtime, owner };
@@ -237,39 +255,87 @@ function isProcessAlive(pid: number): boolean {
 }
 
 /**
- * Removes a stale lock without the race of a plain `rmdir`: two waiters that both judged the same lock
- * stale could otherwise each remove it, the second removing the fresh lock the first had just taken.
- * The lock is first renamed aside (only one waiter can win that), then its owner token is compared with
- * the one judged stale; a different token means a live lock was moved, and it is put back.
+ * Removes a stale lock without racing other waiters that judged it stale too. The right to break one
+ * lock instance is itself a `mkdir`: of a breaker directory INSIDE that instance, which exactly one
+ * waiter wins. The winner re-reads the lock: only if the same owner is still there and still stale does it
+ * move the instance aside and delete it. A waiter that lost, or that finds the lock changed (released,
+ * re-taken, or being created), leaves it alone and keeps waiting.
  */
-async function breakStaleLock(lockPath: string, staleToken: string | undefined): Promise<void> {
-  const aside = tmpPathFor(lockPath);
-  await promisify(fs.rename)(lockPath, aside); // ENOENT: another waiter won; proper-lockfile retries mkdir
-  const moved = await readHeartbeat(aside).catch(() => undefined);
-  if (moved?.owner?.token === staleToken) {
-    await fs.promises.rm(aside, { recursive: true, force: true });
+async function breakStaleLock(
+  lockPath: string,
+  judged: Heartbeat | undefined,
+  staleMs: number,
+): Promise<void> {
+  // Something planted at the lock's name that is not a directory (a symlink, perhaps to a victim
+  // directory): unlink it without ever looking inside. unlink cannot remove a real lock directory.
+  if (!(await fs.promises.lstat(lockPath)).isDirectory()) {
+    await fs.promises.unlink(lockPath);
     return;
   }
-  await fs.promises
-    .rename(aside, lockPath)
-    .catch(() => fs.promises.rm(aside, { recursive: true, force: true }));
-  throw Object.assign(new Error('lock changed hands while being taken over'), { code: 'ELOCKED' });
+  const breaker = path.join(lockPath, BREAKER_DIR);
+  if (!(await claimBreaker(breaker, staleMs))) throw lockedError('another waiter is taking this lock over');
+  const current = await readHeartbeat(lockPath).catch(() => undefined);
+  if (!judged || !current || !isSameStaleLock(judged, current, staleMs)) {
+    await fs.promises.rmdir(breaker).catch(() => {});
+    throw lockedError('the lock changed hands while being taken over');
+  }
+  const aside = tmpPathFor(lockPath);
+  await fs.promises.rename(lockPath, aside);
+  await fs.promises.rm(aside, { recursive: true, force: true });
 }
 
+/**
+ * Creates the breaker directory; `false` if another waiter holds it. A breaker only lives for the few
+ * milliseconds of a takeover, so one older than the stale threshold belongs to a waiter that died there.
+ * (ENOENT, the lock already gone, propagates: proper-lockfile then simply retries its mkdir.)
+ */
+async function claimBreaker(breaker: string, staleMs: number): Promise<boolean> {
+  try {
+    await fs.promises.mkdir(breaker);
+    return true;
+  } catch (error) {
+    if (errorCode(error) !== 'EEXIST') throw error;
+  }
+  const { mtime } = await fs.promises.stat(breaker);
+  if (!isStale(mtime, staleMs)) return false;
+  await fs.promises.rmdir(breaker).catch(() => {});
+  return fs.promises.mkdir(breaker).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * Whether the lock found now is the one judged stale before, still stale. A lock with an owner is known by
+ * its token (our breaker directory does not touch the owner file's mtime); one without, by its
+ * directory's inode (its mtime just changed when we created the breaker inside).
+ */
+function isSameStaleLock(judged: Heartbeat, current: Heartbeat, staleMs: number): boolean {
+  if (judged.owner || current.owner) {
+    return current.owner?.token === judged.owner?.token && isStale(current.mtime, staleMs);
+  }
+  return current.dirInode !== undefined && current.dirInode === judged.dirInode;
+}
+
+function isStale(heartbeat: Date, staleMs: number): boolean {
+  return heartbeat.getTime() < Date.now() - Math.max(staleMs, MIN_LOCK_STALE_MS);
+}
+
+function lockedError(message: string): Error {
+  return Object.assign(new Error(message), { code: 'ELOCKED' });
+}
+
+/** Removes our own lock, and only ours: if it was taken over meanwhile, the lock there is someone else's. */
 async function removeOwnLock(lockPath: string, token: string): Promise<void> {
   const { owner } = await readHeartbeat(lockPath).catch(() => ({ owner: undefined }));
-  if (owner && owner.token !== token) return; // taken over meanwhile: that lock is someone else's now
-  await fs.promises.rm(path.join(lockPath, OWNER_FILE), { force: true });
-  await fs.promises.rmdir(lockPath).catch((error: unknown) => {
-    if (errorCode(error) !== 'ENOENT') throw error;
-  });
+  if (owner?.token !== token) return;
+  // Recursive: a waiter may have just created its breaker inside before finding the lock alive.
+  await fs.promises.rm(lockPath, { recursive: true, force: true });
 }
 
 function removeOwnLockSync(lockPath: string, token: string): void {
   try {
     const owner = parseOwner(fs.readFileSync(path.join(lockPath, OWNER_FILE), 'utf8'));
-    if (owner && owner.token !== token) return;
-    fs.rmSync(path.join(lockPath, OWNER_FILE), { force: true });
-    fs.rmdirSync(lockPath);
+    if (owner?.token === token) fs.rmSync(lockPath, { recursive: true, force: true });
   } catch {}
 }
