@@ -8,6 +8,7 @@ export {
   LockTimeoutError,
   PayloadCacheError,
 } from './errors.js';
+export { type HttpFetcherOptions, type HttpProgress, HttpStatusError, httpFetcher } from './http-fetcher.js';
 export type { Manifest } from './manifest.js';
 export type { CacheManagerOptions } from './options.js';
 export {

@@ -1,0 +1,458 @@
+import { pipeline } from 'node:stream';
+import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
+import { type Dispatcher, EnvHttpProxyAgent, request } from 'undici';
+import { sleep } from './abort.js';
+import { BulkPayloadCorruptError, InvalidOptionsError, PayloadCacheError } from './errors.js';
+import { type FetchContext, type FetchedBody, type FetchFn, NOT_MODIFIED } from './types.js';
+
+export interface HttpProgress {
+  /** Bytes of the payload received so far (back to 0 when a download restarts from scratch). */
+  receivedBytes: number;
+  /** The payload's size when the server said it, else `undefined`. */
+  totalBytes: number | undefined;
+}
+
+export interface HttpFetcherOptions {
+  /** Extra request headers (e.g. authorization). Never echoed in error messages; dropped on cross-origin redirects. */
+  headers?: Record<string, string>;
+  /** An undici Dispatcher (Agent, ProxyAgent, MockAgent...). Default: a fresh `EnvHttpProxyAgent` per download. */
+  dispatcher?: Dispatcher;
+  /** Failed requests and broken bodies retried (resumes included). Default 3. */
+  retries?: number;
+  /** First backoff delay; doubles on each retry, with jitter. Default 1,000 ms. */
+  retryDelayMs?: number;
+  /** Cap on any backoff delay and on `Retry-After`. Default 30,000 ms. */
+  maxRetryDelayMs?: number;
+  /** Longest wait for response headers, and longest silence while the body streams. Default 30,000 ms. */
+  timeoutMs?: number;
+  /** Redirects followed before giving up. Default 5. */
+  maxRedirections?: number;
+  /** Called for each chunk received. */
+  onProgress?: (progress: HttpProgress) => void;
+  /** The payload's expected sha256 (64 hex digits); a different digest is refused as `hash-mismatch`. */
+  expectedSha256?: string;
+  /** Largest payload accepted, in bytes. Default `Infinity`. */
+  maxBytes?: number;
+}
+
+/** The server answered with a status that is not success and is not worth retrying (or retries ran out). */
+export class HttpStatusError extends PayloadCacheError {
+  readonly status: number;
+  /** The URL's origin and path: credentials and query string (often a token) are left out. */
+  readonly url: string;
+
+  constructor(status: number, url: URL, detail = '') {
+    super('ERR_HTTP_STATUS', `HTTP ${status} from ${describeUrl(url)}${detail ? `: ${detail}` : ''}`);
+    this.status = status;
+    this.url = describeUrl(url);
+  }
+}
+
+const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
+const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
+const DEFAULTS = {
+  retries: 3,
+  retryDelayMs: 1_000,
+  maxRetryDelayMs: 30_000,
+  timeoutMs: 30_000,
+  maxRedirections: 5,
+  maxBytes: Number.POSITIVE_INFINITY,
+};
+
+/**
+ * A fetcher for `getOrFetch` that downloads `url` with undici: streamed (constant memory), retried with
+ * backoff on network errors, timeouts and 408/429/5xx (honouring `Retry-After`), resumed with `Range` +
+ * `If-Range` when the server supports it, and revalidated with `If-None-Match`/`If-Modified-Since` when the
+ * cached entry has expired (a `304` renews it without a download). Proxies come from `HTTP_PROXY`,
+ * `HTTPS_PROXY` and `NO_PROXY` unless a `dispatcher` is given.
+ */
+export function httpFetcher(url: string | URL, options: HttpFetcherOptions = {}): FetchFn {
+  const target = parseUrl(url);
+  const settings = resolveHttpOptions(options);
+  return async (ctx) => {
+    const download = new Download(target, settings, ctx);
+    try {
+      const first = await download.open(0, true);
+      if (first.statusCode === 304) {
+        await download.close();
+        return NOT_MODIFIED;
+      }
+      return download.start(first);
+    } catch (error) {
+      await download.close();
+      throw error;
+    }
+  };
+}
+
+type Settings = typeof DEFAULTS &
+  Pick<HttpFetcherOptions, 'headers' | 'dispatcher' | 'onProgress' | 'expectedSha256'>;
+
+function resolveHttpOptions(options: HttpFetcherOptions): Settings {
+  const settings = { ...DEFAULTS, ...withoutUndefined(options) } as Settings;
+  const wholeNonNegative = ['retries', 'maxRedirections'] as const;
+  for (const name of wholeNonNegative) {
+    if (!Number.isInteger(settings[name]) || settings[name] < 0) {
+      throw new InvalidOptionsError(`httpFetcher option ${name} must be an integer >= 0`);
+    }
+  }
+  for (const name of ['retryDelayMs', 'maxRetryDelayMs', 'timeoutMs'] as const) {
+    if (!Number.isFinite(settings[name]) || settings[name] < 0) {
+      throw new InvalidOptionsError(`httpFetcher option ${name} must be a finite number >= 0`);
+    }
+  }
+  if (!(settings.maxBytes >= 0)) throw new InvalidOptionsError('httpFetcher option maxBytes must be >= 0');
+  if (settings.expectedSha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(settings.expectedSha256)) {
+    throw new InvalidOptionsError('httpFetcher option expectedSha256 must be 64 hex digits');
+  }
+  return settings;
+}
+
+type Response = Dispatcher.ResponseData;
+
+/** One download: its dispatcher, its retry budget, and the response being streamed. */
+class Download {
+  readonly #url: URL;
+  readonly #settings: Settings;
+  readonly #ctx: FetchContext;
+  readonly #dispatcher: Dispatcher;
+  readonly #ownsDispatcher: boolean;
+  #retriesLeft: number;
+  #failures = 0;
+  #current: Response | undefined;
+  /** The URL that answered last (after redirects), for messages. */
+  #resolvedUrl: URL;
+  totalBytes: number | undefined;
+  etag: string | undefined;
+  lastModified: string | undefined;
+
+  constructor(url: URL, settings: Settings, ctx: FetchContext) {
+    this.#url = url;
+    this.#resolvedUrl = url;
+    this.#settings = settings;
+    this.#ctx = ctx;
+    this.#retriesLeft = settings.retries;
+    this.#ownsDispatcher = settings.dispatcher === undefined;
+    this.#dispatcher = settings.dispatcher ?? new EnvHttpProxyAgent();
+  }
+
+  /**
+   * Sends the request (a range request from `offset` when it is > 0), following redirects and retrying
+   * retryable failures, and returns the first usable response: 2xx, or 304 for a conditional request.
+   */
+  async open(offset: number, conditional: boolean): Promise<Response> {
+    for (;;) {
+      let response: Response;
+      try {
+        response = await this.#follow(this.#requestHeaders(offset, conditional));
+      } catch (error) {
+        if (error instanceof PayloadCacheError || this.#ctx.signal.aborted) throw this.#abortReasonOr(error);
+        await this.#backoff(error, undefined);
+        continue;
+      }
+      const status = response.statusCode;
+      const revalidated = status === 304 && conditional && this.#ctx.previous !== undefined;
+      if ((status >= 200 && status < 300) || revalidated) {
+        this.#current = response;
+        return response;
+      }
+      await discard(response);
+      if (!RETRYABLE_STATUS.has(status)) throw new HttpStatusError(status, this.#resolvedUrl);
+      await this.#backoff(new HttpStatusError(status, this.#resolvedUrl), retryAfterMs(response));
+    }
+  }
+
+  /** Turns the first response into the body handed to the cache, with facts that track restarts. */
+  start(first: Response): FetchedBody {
+    this.#adopt(first);
+    const download = this;
+    const body = new DownloadBody(this.#chunks(first), () => this.close());
+    return {
+      body,
+      get expectedSize() {
+        return download.totalBytes;
+      },
+      get etag() {
+        return download.etag;
+      },
+      get lastModified() {
+        return download.lastModified;
+      },
+      sha256: this.#settings.expectedSha256,
+    };
+  }
+
+  async close(): Promise<void> {
+    const body = this.#current?.body;
+    this.#current = undefined;
+    if (body && !body.destroyed) {
+      // undici reports destroying an unread body as an 'error' event; unheard, it would crash the process.
+      body.on('error', () => {});
+      body.destroy();
+    }
+    if (this.#ownsDispatcher) await this.#dispatcher.close().catch(() => {});
+  }
+
+  async *#chunks(first: Response): AsyncGenerator<Uint8Array> {
+    let response = first;
+    let received = 0;
+    const { maxBytes, onProgress } = this.#settings;
+    for (;;) {
+      try {
+        for await (const chunk of decodedBody(response, this.#resolvedUrl)) {
+          received += (chunk as Buffer).byteLength;
+          if (received > maxBytes) throw this.#tooLarge(received);
+          onProgress?.({ receivedBytes: received, totalBytes: this.totalBytes });
+          yield chunk as Buffer;
+        }
+        return;
+      } catch (error) {
+        if (error instanceof PayloadCacheError || this.#ctx.signal.aborted) throw this.#abortReasonOr(error);
+        response.body.destroy();
+        if (this.#retriesLeft === 0) throw this.#truncated(received, error);
+        await this.#backoff(error, undefined);
+        response = await this.#resume(response, received);
+        if (!isResumeOf(response, received)) {
+          this.#ctx.resetBody();
+          received = 0;
+        }
+        this.#adopt(response);
+      }
+    }
+  }
+
+  /**
+   * Asks for the rest of a broken body. Only a `206` whose `Content-Range` starts exactly at `received`
+   * continues it; a `200` is the whole payload again, and a `206` for any other range is dropped and the
+   * whole payload requested: partial data is never appended to bytes it does not follow.
+   */
+  async #resume(broken: Response, received: number): Promise<Response> {
+    if (received === 0 || !canResume(broken)) return this.open(0, false);
+    const next = await this.open(received, false);
+    if (next.statusCode !== 206 || isResumeOf(next, received)) return next;
+    await discard(next);
+    return this.open(0, false);
+  }
+
+  #adopt(response: Response): void {
+    this.#current = response;
+    const headers = response.headers;
+    const encoded = contentEncoding(response) !== 'identity';
+    this.totalBytes = encoded ? undefined : totalBytesOf(response);
+    if (response.statusCode === 200) {
+      this.etag = header(headers, 'etag');
+      this.lastModified = header(headers, 'last-modified');
+    }
+    if (this.totalBytes !== undefined && this.totalBytes > this.#settings.maxBytes)
+      throw this.#tooLarge(this.totalBytes);
+  }
+
+  async #follow(headers: Record<string, string>): Promise<Response> {
+    let url = this.#url;
+    const visited = new Set<string>();
+    for (let redirects = 0; ; redirects++) {
+      const response = await request(url, {
+        dispatcher: this.#dispatcher,
+        method: 'GET',
+        headers,
+        signal: this.#ctx.signal,
+        headersTimeout: this.#settings.timeoutMs,
+        bodyTimeout: this.#settings.timeoutMs,
+      });
+      this.#resolvedUrl = url;
+      const location = header(response.headers, 'location');
+      if (!REDIRECT_STATUS.has(response.statusCode) || location === undefined) return response;
+      await discard(response);
+      visited.add(url.href);
+      const next = new URL(location, url);
+      if (visited.has(next.href)) throw new HttpStatusError(response.statusCode, url, 'redirect loop');
+      if (redirects >= this.#settings.maxRedirections) {
+        throw new HttpStatusError(
+          response.statusCode,
+          url,
+          `more than ${this.#settings.maxRedirections} redirects`,
+        );
+      }
+      if (next.protocol !== 'http:' && next.protocol !== 'https:') {
+        throw new HttpStatusError(
+          response.statusCode,
+          url,
+          `redirect to unsupported protocol ${next.protocol}`,
+        );
+      }
+      if (next.origin !== url.origin) headers = withoutCredentialHeaders(headers);
+      url = next;
+    }
+  }
+
+  #requestHeaders(offset: number, conditional: boolean): Record<string, string> {
+    const headers: Record<string, string> = {
+      'accept-encoding': 'identity',
+      ...lowerCaseKeys(this.#settings.headers),
+    };
+    const previous = this.#ctx.previous?.manifest;
+    if (conditional && previous) {
+      if (previous.etag) headers['if-none-match'] = previous.etag;
+      if (previous.last_modified) headers['if-modified-since'] = previous.last_modified;
+    }
+    if (offset > 0) {
+      headers.range = `bytes=${offset}-`;
+      const validator = this.etag && !this.etag.startsWith('W/') ? this.etag : this.lastModified;
+      if (validator) headers['if-range'] = validator;
+    }
+    return headers;
+  }
+
+  /** Spends one retry (or rethrows when none is left) and waits the backoff or the server's `Retry-After`. */
+  async #backoff(error: unknown, retryAfter: number | undefined): Promise<void> {
+    if (this.#retriesLeft === 0) throw error;
+    this.#retriesLeft -= 1;
+    this.#failures += 1;
+    const { retryDelayMs, maxRetryDelayMs } = this.#settings;
+    const exponential = Math.min(maxRetryDelayMs, retryDelayMs * 2 ** (this.#failures - 1));
+    const delayMs = retryAfter ?? exponential * (0.5 + Math.random() * 0.5);
+    await sleep(Math.min(delayMs, maxRetryDelayMs), this.#ctx.signal);
+  }
+
+  #abortReasonOr(error: unknown): unknown {
+    return this.#ctx.signal.aborted ? this.#ctx.signal.reason : error;
+  }
+
+  #truncated(received: number, cause: unknown): unknown {
+    if (this.totalBytes === undefined) return cause;
+    const detail = `received ${received} of ${this.totalBytes} bytes from ${describeUrl(this.#resolvedUrl)}`;
+    return new BulkPayloadCorruptError(this.#ctx.key, 'truncated', detail, { cause });
+  }
+
+  #tooLarge(bytes: number): BulkPayloadCorruptError {
+    const detail = `${bytes} bytes exceed maxBytes ${this.#settings.maxBytes}`;
+    return new BulkPayloadCorruptError(this.#ctx.key, 'size-mismatch', detail);
+  }
+}
+
+/** The body handed to the cache; `destroy()` frees the connection even if it is never read. */
+class DownloadBody implements AsyncIterable<Uint8Array> {
+  readonly #chunks: AsyncGenerator<Uint8Array>;
+  readonly #close: () => Promise<void>;
+
+  constructor(chunks: AsyncGenerator<Uint8Array>, close: () => Promise<void>) {
+    this.#chunks = chunks;
+    this.#close = close;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
+    try {
+      yield* this.#chunks;
+    } finally {
+      await this.#close();
+    }
+  }
+
+  destroy(): void {
+    void this.#close();
+  }
+}
+
+function decodedBody(response: Response, url: URL): AsyncIterable<unknown> {
+  const encoding = contentEncoding(response);
+  if (encoding === 'identity') return response.body;
+  const decoder = DECODERS[encoding];
+  if (!decoder) {
+    throw new PayloadCacheError(
+      'ERR_HTTP_CONTENT_ENCODING',
+      `unsupported Content-Encoding "${encoding}" from ${describeUrl(url)}`,
+    );
+  }
+  return pipeline(response.body, decoder(), () => {}) as unknown as AsyncIterable<unknown>;
+}
+
+const DECODERS: Record<string, () => NodeJS.ReadWriteStream> = {
+  gzip: createGunzip,
+  'x-gzip': createGunzip,
+  deflate: createInflate,
+  br: createBrotliDecompress,
+};
+
+function contentEncoding(response: Response): string {
+  return (header(response.headers, 'content-encoding') ?? 'identity').trim().toLowerCase() || 'identity';
+}
+
+/** Size of the whole payload: `Content-Range`'s total for a 206, `Content-Length` for a 200. */
+function totalBytesOf(response: Response): number | undefined {
+  if (response.statusCode === 206) return contentRange(response)?.total;
+  const length = Number(header(response.headers, 'content-length'));
+  return Number.isSafeInteger(length) && length >= 0 ? length : undefined;
+}
+
+function contentRange(response: Response): { start: number; total: number | undefined } | undefined {
+  const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(response.headers, 'content-range') ?? '');
+  if (!match) return undefined;
+  return { start: Number(match[1]), total: match[3] === '*' ? undefined : Number(match[3]) };
+}
+
+function isResumeOf(response: Response, received: number): boolean {
+  return received > 0 && response.statusCode === 206 && contentRange(response)?.start === received;
+}
+
+function canResume(response: Response): boolean {
+  const ranges = header(response.headers, 'accept-ranges')?.toLowerCase();
+  const hasValidator =
+    header(response.headers, 'etag') !== undefined || header(response.headers, 'last-modified') !== undefined;
+  return (
+    (ranges === 'bytes' || response.statusCode === 206) &&
+    hasValidator &&
+    contentEncoding(response) === 'identity'
+  );
+}
+
+/** `Retry-After` in ms: delta-seconds or an HTTP date. */
+function retryAfterMs(response: Response): number | undefined {
+  const value = header(response.headers, 'retry-after');
+  if (value === undefined) return undefined;
+  if (/^\d+$/.test(value.trim())) return Number(value) * 1_000;
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
+}
+
+function header(headers: Response['headers'], name: string): string | undefined {
+  const value = headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+async function discard(response: Response): Promise<void> {
+  await response.body.dump().catch(() => {});
+}
+
+const CREDENTIAL_HEADERS = new Set(['authorization', 'cookie', 'proxy-authorization']);
+
+function withoutCredentialHeaders(headers: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(Object.entries(headers).filter(([name]) => !CREDENTIAL_HEADERS.has(name)));
+}
+
+function lowerCaseKeys(headers: Record<string, string> | undefined): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(headers ?? {}).map(([name, value]) => [name.toLowerCase(), value]),
+  );
+}
+
+function parseUrl(url: string | URL): URL {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new InvalidOptionsError('httpFetcher needs an absolute http(s) URL');
+  }
+  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
+    throw new InvalidOptionsError(`httpFetcher supports http and https, not ${parsed.protocol}`);
+  }
+  return parsed;
+}
+
+/** For messages: origin and path only, since query strings often carry signatures and tokens. */
+function describeUrl(url: URL): string {
+  return `${url.origin}${url.pathname}`;
+}
+
+function withoutUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
