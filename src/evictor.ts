@@ -269,6 +269,7 @@ export async function verifySublayer(policy: SublayerPolicy, fix: boolean): Prom
 }
 
 async function payloadProblem(entry: ScannedEntry, manifest: Manifest): Promise<RemovalReason | undefined> {
+  if (!describesKey(manifest, entry.paths.key)) return 'wrong-key';
   if (manifest.size_bytes !== entry.sizeBytes) return 'size-mismatch';
   if (!manifest.sha256) return undefined;
   const hash = createHash('sha256');

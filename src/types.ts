@@ -81,6 +81,7 @@ export type RemovalReason =
   | 'stale-lock'
   | 'size-mismatch'
   | 'hash-mismatch'
+  | 'wrong-key'
   | 'cleared';
 
 export interface ReportItem {

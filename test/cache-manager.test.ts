@@ -578,6 +578,20 @@ describe('list and verify', () => {
   });
 });
 
+describe('verify and foreign manifests', () => {
+  it('reports an entry whose manifest names another key as wrong-key, as lookups treat it as a miss', async () => {
+    const cache = cacheWith();
+    const returned = await cache.getOrFetch('mine', () => 'bytes');
+    const manifestPath = `${returned}.manifest.json`;
+    const manifest = JSON.parse(await fsp.readFile(manifestPath, 'utf8'));
+    await fsp.writeFile(manifestPath, JSON.stringify({ ...manifest, key: 'MINE' }));
+    expect(await cache.has('mine')).toBe(false);
+    const report = await cache.verify();
+    expect(report.bad).toEqual([{ key: 'mine', path: returned, reason: 'wrong-key' }]);
+    expect(report.checked).toBe(0);
+  });
+});
+
 describe('concurrency inside one process', () => {
   it('50 concurrent calls on one key run the fetcher once', async () => {
     const cache = cacheWith();
