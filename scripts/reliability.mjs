@@ -74,7 +74,10 @@ const table = [
   ]),
 ].join('\n');
 console.log(`\n${table}\n`);
-if (total.entriesLost !== 0 || total.overlapsFound !== 0) failed = true;
+// Lanes where the design allows overlaps (a network file system with attribute caching) report them
+// under a scenario name saying so; everywhere else an overlap is a failure.
+const forbiddenOverlaps = [...byScenario].filter(([name]) => !/overlaps allowed/.test(name));
+if (total.entriesLost !== 0 || forbiddenOverlaps.some(([, sums]) => sums.overlapsFound !== 0)) failed = true;
 
 if (process.argv.includes('--write')) {
   const stamp = new Date().toISOString().slice(0, 10);

@@ -279,9 +279,7 @@ async function breakStaleLock(
     await fs.promises.rmdir(breaker).catch(() => {});
     throw lockedError('the lock changed hands while being taken over');
   }
-  const aside = tmpPathFor(lockPath);
-  await fs.promises.rename(lockPath, aside);
-  await fs.promises.rm(aside, { recursive: true, force: true });
+  await discardLockDir(lockPath);
 }
 
 /**
@@ -329,13 +327,27 @@ function lockedError(message: string): Error {
 async function removeOwnLock(lockPath: string, token: string): Promise<void> {
   const { owner } = await readHeartbeat(lockPath).catch(() => ({ owner: undefined }));
   if (owner?.token !== token) return;
-  // Recursive: a waiter may have just created its breaker inside before finding the lock alive.
-  await fs.promises.rm(lockPath, { recursive: true, force: true });
+  await discardLockDir(lockPath);
+}
+
+/**
+ * Frees the lock's name at once by renaming the directory aside, then deletes it best-effort. Deleting in
+ * place can fail: a network or FUSE client keeps a file another process has open (a waiter reading the
+ * owner file) as `.nfsXXXX` / `.fuse_hidden*`, so the directory is not empty for a while. A leftover
+ * carries `.tmp.` in its name and is swept as an orphan.
+ */
+async function discardLockDir(lockPath: string): Promise<void> {
+  const aside = tmpPathFor(lockPath);
+  await fs.promises.rename(lockPath, aside);
+  await fs.promises.rm(aside, { recursive: true, force: true }).catch(() => {});
 }
 
 function removeOwnLockSync(lockPath: string, token: string): void {
   try {
     const owner = parseOwner(fs.readFileSync(path.join(lockPath, OWNER_FILE), 'utf8'));
-    if (owner?.token === token) fs.rmSync(lockPath, { recursive: true, force: true });
+    if (owner?.token !== token) return;
+    const aside = tmpPathFor(lockPath);
+    fs.renameSync(lockPath, aside);
+    fs.rmSync(aside, { recursive: true, force: true });
   } catch {}
 }
