@@ -87,7 +87,15 @@ if (process.argv.includes('--write')) {
     `${table}\n\nWhat each scenario does is described at the top of its test file under \`test/reliability/\` ` +
     `and \`test/faults/\`. "Entries lost" counts committed entries that vanished or went bad when they should ` +
     `have survived, and must be 0; "overlaps found" counts lock hold intervals that overlapped, and must be 0.\n`;
-  writeFileSync(path.join(repo, 'docs', 'reliability.md'), doc);
+  // Hand-written sections below the generated part (from the first "## " heading on) are kept.
+  const docPath = path.join(repo, 'docs', 'reliability.md');
+  let kept = '';
+  try {
+    const previous = readFileSync(docPath, 'utf8');
+    const at = previous.indexOf('\n## ');
+    if (at >= 0) kept = previous.slice(at);
+  } catch {}
+  writeFileSync(docPath, doc + kept);
   console.log('wrote docs/reliability.md');
 }
 process.exit(failed ? 1 : 0);
