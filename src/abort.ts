@@ -21,21 +21,26 @@ export function raceAbort<T>(promise: PromiseLike<T>, signal: AbortSignal): Prom
   });
 }
 
-/** Resolves after `ms`, or rejects with the signal's reason when it aborts first. */
-export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+/**
+ * Resolves after `ms`, or earlier when the function handed to `exposeWake` is called; rejects with the
+ * signal's reason when `signal` aborts first.
+ */
+export function sleep(
+  ms: number,
+  signal?: AbortSignal,
+  exposeWake?: (wake: () => void) => void,
+): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    if (signal?.aborted) {
-      reject(signal.reason);
-      return;
-    }
-    const onAbort = () => {
+    const settle = (failure?: { reason: unknown }) => {
       clearTimeout(timer);
-      reject(signal?.reason);
-    };
-    const timer = setTimeout(() => {
       signal?.removeEventListener('abort', onAbort);
-      resolve();
-    }, ms);
-    signal?.addEventListener('abort', onAbort, { once: true });
+      if (failure) reject(failure.reason);
+      else resolve();
+    };
+    const onAbort = () => settle({ reason: signal?.reason });
+    const timer = setTimeout(settle, ms);
+    exposeWake?.(() => settle());
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
   });
 }

@@ -81,6 +81,13 @@ export class CacheManager {
     const scope = this.#scope();
     const paths = entryPaths(scope.dir, key);
     const refresh = options.refresh === true;
+    // The common case first: with nothing in flight for this entry, a hit needs no flight bookkeeping.
+    if (!refresh && !flights.has(paths.payload)) {
+      options.signal?.throwIfAborted();
+      this.#sweepOnce(scope);
+      const found = await lookupEntry(paths, scope.freshness);
+      if (found.state === 'fresh') return this.#serve(paths, found, scope);
+    }
     return flights.run(paths.payload, refresh, options.signal, (signal) =>
       this.#hitOrFetch(paths, fetchFn, options, signal),
     );

@@ -56,6 +56,10 @@ export class Flight<T> {
 export class FlightTable<T> {
   #flights = new Map<string, Flight<T>>();
 
+  has(id: string): boolean {
+    return this.#flights.has(id);
+  }
+
   /**
    * Joins the flight for `id` or starts one. A caller asking for `refresh` does not settle for a plain
    * lookup already in flight: it waits that one out and starts its own.

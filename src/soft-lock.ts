@@ -109,17 +109,50 @@ export interface WaitForLockOptions {
  */
 export async function waitForLock(lockPath: string, options: WaitForLockOptions): Promise<HeldLock> {
   const startedAt = Date.now();
-  for (let pollMs = FIRST_POLL_MS; ; pollMs = Math.min(pollMs * 1.5, MAX_POLL_MS)) {
-    options.signal?.throwIfAborted();
-    const held = await tryLock(lockPath, options.staleMs);
-    if (held) return held;
-    const waitedMs = Date.now() - startedAt;
-    if (waitedMs >= options.timeoutMs) {
-      throw new LockTimeoutError(options.key, waitedMs, await describeLockHolder(lockPath));
+  const release = watchForRelease(lockPath);
+  try {
+    for (let pollMs = FIRST_POLL_MS; ; pollMs = Math.min(pollMs * 1.5, MAX_POLL_MS)) {
+      options.signal?.throwIfAborted();
+      const held = await tryLock(lockPath, options.staleMs);
+      if (held) return held;
+      const waitedMs = Date.now() - startedAt;
+      if (waitedMs >= options.timeoutMs) {
+        throw new LockTimeoutError(options.key, waitedMs, await describeLockHolder(lockPath));
+      }
+      const jitteredMs = pollMs * (0.8 + Math.random() * 0.4);
+      await release.sleep(Math.min(jitteredMs, options.timeoutMs - waitedMs), options.signal);
     }
-    const jitteredMs = pollMs * (0.8 + Math.random() * 0.4);
-    await sleep(Math.min(jitteredMs, options.timeoutMs - waitedMs), options.signal);
+  } finally {
+    release.close();
   }
+}
+
+/**
+ * A sleep that ends early when the lock's name changes in its directory (the holder renamed it away):
+ * on a local file system the hand-off then costs no polling delay. Network file systems deliver no such
+ * events, and a watch that cannot be set up (inotify limits) is simply absent: polling still bounds the wait.
+ */
+function watchForRelease(lockPath: string) {
+  const lockName = path.basename(lockPath);
+  let wake: (() => void) | undefined;
+  let watcher: fs.FSWatcher | undefined;
+  try {
+    watcher = fs.watch(path.dirname(lockPath), { persistent: false }, (_event, name) => {
+      if (name === null || name.toString() === lockName) wake?.();
+    });
+    watcher.on('error', () => watcher?.close());
+  } catch {}
+  return {
+    async sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+      await sleep(ms, signal, (wakeNow) => {
+        wake = wakeNow;
+      });
+      wake = undefined;
+    },
+    close() {
+      watcher?.close();
+    },
+  };
 }
 
 /** Whether a live (not stale) lock exists at `lockPath`, without taking it. */
