@@ -26,6 +26,7 @@ import {
 import { asFetchedBody, checkIntegrity, runValidator } from './fetch-result.js';
 import { FlightTable } from './flight.js';
 import type { Freshness } from './manifest.js';
+import { type CacheStats, Observer } from './observability.js';
 import { type CacheManagerOptions, resolveSettings, type Settings, validateFetchArgs } from './options.js';
 import { tryLock, waitForLock } from './soft-lock.js';
 import {
@@ -63,12 +64,19 @@ export class CacheManager {
   readonly sublayer: string;
   readonly #settings: Settings;
   readonly #sweptDirs = new Set<string>();
+  readonly #observer: Observer;
   [backgroundSweep]: Promise<void> = Promise.resolve();
 
   /** @throws InvalidOptionsError for a bad option, InvalidKeyError for a bad sublayer. */
   constructor(options: CacheManagerOptions) {
     this.#settings = resolveSettings(options);
     this.sublayer = this.#settings.sublayer;
+    this.#observer = new Observer(this.sublayer);
+  }
+
+  /** Counters since this manager was created: hits, misses, fetches, bytes written, evictions, ... */
+  stats(): CacheStats {
+    return this.#observer.snapshot();
   }
 
   /**
@@ -76,6 +84,15 @@ export class CacheManager {
    * Concurrent callers in this process share one fetch; other processes and hosts wait on the key's lock.
    */
   async getOrFetch(key: string, fetchFn: FetchFn, options: GetOrFetchOptions = {}): Promise<string> {
+    try {
+      return await this.#getOrFetch(key, fetchFn, options);
+    } catch (error) {
+      this.#observer.failed(error);
+      throw error;
+    }
+  }
+
+  async #getOrFetch(key: string, fetchFn: FetchFn, options: GetOrFetchOptions): Promise<string> {
     validateKey(key);
     validateFetchArgs(fetchFn, options);
     const scope = this.#scope();
@@ -98,12 +115,14 @@ export class CacheManager {
     this.#sweepOnce(scope);
     const found = await lookupEntry(paths, scope.freshness);
     if (found.state === 'fresh' && !options.refresh) return this.#serve(paths, found, scope);
+    this.#observer.miss(paths.key, found.state === 'fresh' ? 'refresh' : found.state);
     try {
       return await this.#fetchUnderLock(paths, fetchFn, options, signal);
     } catch (error) {
       if (!options.staleIfError || signal.aborted || isUsageError(error)) throw error;
       const fallback = await lookupEntry(paths, this.#scope().freshness);
       if (fallback.state === 'absent') throw error;
+      this.#observer.staleServed(paths.key, paths.payload, error);
       return this.#serve(paths, fallback, this.#scope());
     }
   }
@@ -122,7 +141,9 @@ export class CacheManager {
       staleMs: this.#settings.lockStaleMs,
       timeoutMs: this.#settings.lockTimeoutMs,
       signal,
+      onStillWaiting: (waitedMs, holder) => this.#observer.stillWaiting(paths.key, waitedMs, holder),
     });
+    this.#observer.lockWaited(paths.key, lock.waitedMs);
     try {
       await crashPoint('locked');
       const scope = this.#scope();
@@ -130,7 +151,27 @@ export class CacheManager {
       if (found.state === 'fresh' && !options.refresh) return this.#serve(paths, found, scope);
       const previous =
         found.state === 'absent' ? undefined : { path: paths.payload, manifest: found.manifest };
-      let writer: PayloadWriter | undefined;
+      await this.#fetchAndPublish(paths, previous, fetchFn, options, signal);
+      const eviction = await evict(this.#policy(this.#scope()), paths.key).catch(() => undefined);
+      if (eviction) this.#observer.evicted(eviction.removed);
+      return paths.payload;
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** Steps 5 and 6: call the fetcher, then renew the entry (NOT_MODIFIED) or stream and commit the new one. */
+  async #fetchAndPublish(
+    paths: EntryPaths,
+    previous: FetchContext['previous'],
+    fetchFn: FetchFn,
+    options: GetOrFetchOptions,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const startedAt = performance.now();
+    this.#observer.fetchStarted(paths.key, previous !== undefined);
+    let writer: PayloadWriter | undefined;
+    try {
       const context: FetchContext = {
         key: paths.key,
         signal,
@@ -145,15 +186,17 @@ export class CacheManager {
         if (!previous)
           throw new InvalidOptionsError(`fetchFn answered NOT_MODIFIED but "${paths.key}" has no entry`);
         await renewEntry(paths, previous.manifest, this.#now());
-        return paths.payload;
+        this.#observer.fetchEnded(paths.key, 'not-modified', performance.now() - startedAt);
+        return;
       }
       const fetched = asFetchedBody(result);
       writer = await PayloadWriter.create(paths.payload);
       await this.#writeAndPublish(paths, writer, fetched, options, signal);
-      await evict(this.#policy(this.#scope()), paths.key).catch(() => {});
-      return paths.payload;
-    } finally {
-      await lock.release();
+      const sizeBytes = writer.sizeBytes;
+      this.#observer.fetchEnded(paths.key, 'written', performance.now() - startedAt, { sizeBytes });
+    } catch (error) {
+      this.#observer.fetchEnded(paths.key, 'failed', performance.now() - startedAt, { error });
+      throw error;
     }
   }
 
@@ -190,6 +233,7 @@ export class CacheManager {
     scope: Scope,
   ): Promise<string> {
     await touchEntry(paths, found.lastUsedAtMs, scope.nowMs, this.#settings.touchIntervalMs);
+    this.#observer.hit(paths.key, paths.payload);
     return paths.payload;
   }
 
@@ -237,7 +281,9 @@ export class CacheManager {
 
   /** Removes expired entries and orphans, then evicts down to `keepN`/`maxBytes`; reports each removal. */
   async prune(): Promise<PruneReport> {
-    return prune(this.#policy(this.#scope()));
+    const report = await prune(this.#policy(this.#scope()));
+    this.#observer.evicted(report.removed.filter((item) => item.reason === 'evicted'));
+    return report;
   }
 
   /** Committed entries (fresh and expired), most recently used first. */

@@ -10,6 +10,7 @@ export {
 } from './errors.js';
 export { type HttpFetcherOptions, type HttpProgress, HttpStatusError, httpFetcher } from './http-fetcher.js';
 export type { Manifest } from './manifest.js';
+export type { CacheStats } from './observability.js';
 export type { CacheManagerOptions } from './options.js';
 export {
   type Body,

@@ -35,6 +35,8 @@ const thisHost = hostname();
 export interface HeldLock {
   /** Set when the lock was lost while held (heartbeat failed, or another process broke it). */
   readonly compromised: Error | undefined;
+  /** How long {@link waitForLock} waited for another holder; 0 when the lock was free. */
+  waitedMs: number;
   /** Removes the lock if it is still ours; never throws. */
   release(): Promise<void>;
 }
@@ -55,7 +57,7 @@ interface Heartbeat {
 
 /** Takes the lock at once or returns `undefined` when someone else holds it; a stale lock is taken over. */
 export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLock | undefined> {
-  if (lockFailsOpen) return { compromised: undefined, release: async () => {} };
+  if (lockFailsOpen) return { compromised: undefined, waitedMs: 0, release: async () => {} };
   const owner: LockOwner = {
     host: thisHost,
     pid: process.pid,
@@ -86,6 +88,7 @@ export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLo
       get compromised() {
         return state.compromised;
       },
+      waitedMs: 0,
       release: () => release().catch(() => {}),
     };
   } catch (error) {
@@ -101,7 +104,14 @@ export interface WaitForLockOptions {
   staleMs: number;
   timeoutMs: number;
   signal?: AbortSignal;
+  /** Called every `reportEveryMs` of waiting, with the holder's `host/pid` when known. */
+  onStillWaiting?: (waitedMs: number, holder: string | undefined) => void;
+  /** Default {@link STILL_WAITING_INTERVAL_MS}. */
+  reportEveryMs?: number;
 }
+
+/** How often a long wait reports itself through `onStillWaiting`. */
+export const STILL_WAITING_INTERVAL_MS = 10_000;
 
 /**
  * Waits for the lock with short polling (proper-lockfile's own retry backoff is far too slow for a
@@ -109,13 +119,22 @@ export interface WaitForLockOptions {
  */
 export async function waitForLock(lockPath: string, options: WaitForLockOptions): Promise<HeldLock> {
   const startedAt = Date.now();
+  const reportEveryMs = options.reportEveryMs ?? STILL_WAITING_INTERVAL_MS;
+  let nextReportMs = reportEveryMs;
   const release = watchForRelease(lockPath);
   try {
     for (let pollMs = FIRST_POLL_MS; ; pollMs = Math.min(pollMs * 1.5, MAX_POLL_MS)) {
       options.signal?.throwIfAborted();
       const held = await tryLock(lockPath, options.staleMs);
-      if (held) return held;
       const waitedMs = Date.now() - startedAt;
+      if (held) {
+        held.waitedMs = pollMs === FIRST_POLL_MS ? 0 : waitedMs; // free at the first attempt: no wait
+        return held;
+      }
+      if (options.onStillWaiting && waitedMs >= nextReportMs) {
+        nextReportMs += reportEveryMs;
+        options.onStillWaiting(waitedMs, await describeLockHolder(lockPath));
+      }
       if (waitedMs >= options.timeoutMs) {
         throw new LockTimeoutError(options.key, waitedMs, await describeLockHolder(lockPath));
       }
