@@ -5,7 +5,6 @@ import { crashPoint } from './crash-points.js';
 import { type EntryPaths, entryPaths, sublayerDir, validateKey } from './entry-paths.js';
 import {
   commitEntry,
-  createdAtMs,
   type EntryState,
   lookupEntry,
   renewEntry,
@@ -16,10 +15,10 @@ import { InvalidKeyError, InvalidOptionsError } from './errors.js';
 import {
   clearSublayer,
   evict,
+  listEntries,
   prune,
   removeEntry,
   type SublayerPolicy,
-  scanSublayer,
   sweepOrphans,
   verifySublayer,
 } from './evictor.js';
@@ -290,25 +289,7 @@ export class CacheManager {
   async list(): Promise<EntryInfo[]> {
     const scope = this.#scope();
     this.#sweepOnce(scope);
-    const { entries } = await scanSublayer(scope.dir);
-    const infos = await Promise.all(
-      entries.map(async ({ paths }): Promise<EntryInfo | undefined> => {
-        const found = await lookupEntry(paths, scope.freshness);
-        if (found.state === 'absent') return undefined;
-        return {
-          key: paths.key,
-          path: paths.payload,
-          sizeBytes: found.sizeBytes,
-          createdAt: new Date(createdAtMs(found.manifest)),
-          lastUsedAt: new Date(found.lastUsedAtMs),
-          expired: found.state === 'expired',
-          ...(found.manifest.sha256 ? { sha256: found.manifest.sha256 } : {}),
-        };
-      }),
-    );
-    return infos
-      .filter((info): info is EntryInfo => info !== undefined)
-      .sort((a, b) => b.lastUsedAt.getTime() - a.lastUsedAt.getTime());
+    return listEntries(scope.dir, scope.freshness);
   }
 
   /** Re-hashes every payload against its manifest; `fix` removes bad entries and old orphans. */

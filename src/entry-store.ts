@@ -8,7 +8,6 @@ import {
   type Freshness,
   isExpired,
   type Manifest,
-  parseTimestamp,
   readManifest,
   SCHEMA_VERSION,
   writeManifest,
@@ -103,11 +102,6 @@ export async function renewEntry(paths: EntryPaths, previous: Manifest, nowMs: n
   await writeManifest(paths.manifest, { ...previous, created_at: new Date(nowMs).toISOString() });
   await fsyncDir(paths.dir);
   await touchEntry(paths, 0, nowMs, 0);
-}
-
-/** The manifest's `created_at` in ms, for reports. */
-export function createdAtMs(manifest: Manifest): number {
-  return parseTimestamp(manifest.created_at);
 }
 
 const CACHEDIR_TAG_TEXT =

@@ -3,9 +3,17 @@ import { createReadStream, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
 import { assertRealDir, errorCode, removeFile } from './atomic-writer.js';
 import { classifyName, type EntryPaths, entryPaths } from './entry-paths.js';
-import { describesKey, type Freshness, isExpired, type Manifest, readManifest } from './manifest.js';
+import { lookupEntry } from './entry-store.js';
+import {
+  describesKey,
+  type Freshness,
+  isExpired,
+  type Manifest,
+  parseTimestamp,
+  readManifest,
+} from './manifest.js';
 import { tryLock } from './soft-lock.js';
-import type { PruneReport, RemovalReason, ReportItem, VerifyReport } from './types.js';
+import type { EntryInfo, PruneReport, RemovalReason, ReportItem, VerifyReport } from './types.js';
 
 /** What the janitor needs to know about one sublayer and the moment it runs. */
 export interface SublayerPolicy {
@@ -317,4 +325,27 @@ async function forEachLimited<T>(items: T[], limit: number, task: (item: T) => P
     }
   };
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/** Committed entries (fresh and expired) with their facts, most recently used first. */
+export async function listEntries(dir: string, freshness: Freshness): Promise<EntryInfo[]> {
+  const { entries } = await scanSublayer(dir);
+  const infos = await Promise.all(
+    entries.map(async ({ paths }): Promise<EntryInfo | undefined> => {
+      const found = await lookupEntry(paths, freshness);
+      if (found.state === 'absent') return undefined;
+      return {
+        key: paths.key,
+        path: paths.payload,
+        sizeBytes: found.sizeBytes,
+        createdAt: new Date(parseTimestamp(found.manifest.created_at)),
+        lastUsedAt: new Date(found.lastUsedAtMs),
+        expired: found.state === 'expired',
+        ...(found.manifest.sha256 ? { sha256: found.manifest.sha256 } : {}),
+      };
+    }),
+  );
+  return infos
+    .filter((info): info is EntryInfo => info !== undefined)
+    .sort((a, b) => b.lastUsedAt.getTime() - a.lastUsedAt.getTime());
 }
