@@ -60,10 +60,12 @@ interface Scope {
  * share one download, a crash leaves the previous entry or a miss, never a torn file.
  */
 export class CacheManager {
+  /** The directory name of this manager's entries under the cache root. */
   readonly sublayer: string;
   readonly #settings: Settings;
   readonly #sweptDirs = new Set<string>();
   readonly #observer: Observer;
+  /** @internal Settles when the background orphan sweep is done (tests wait on it). */
   [backgroundSweep]: Promise<void> = Promise.resolve();
 
   /** @throws InvalidOptionsError for a bad option, InvalidKeyError for a bad sublayer. */
