@@ -4,6 +4,7 @@
  * file-system errors (`ENOSPC`, `EACCES`...) propagate unchanged.
  */
 export class PayloadCacheError extends Error {
+  /** Stable identifier of the failure (`ERR_PAYLOAD_CORRUPT`, `ERR_UNSAFE_PATH`...); branch on it. */
   readonly code: string;
 
   constructor(code: string, message: string, options?: { cause?: unknown }) {
@@ -22,7 +23,9 @@ export type CorruptReason = 'validator-rejected' | 'size-mismatch' | 'hash-misma
  * previous entry is intact.
  */
 export class BulkPayloadCorruptError extends PayloadCacheError {
+  /** The key whose payload was refused. */
   readonly key: string;
+  /** Which check refused it; for `validator-rejected` the validator's error is the `cause`. */
   readonly reason: CorruptReason;
 
   constructor(key: string, reason: CorruptReason, detail: string, options?: { cause?: unknown }) {
@@ -34,7 +37,9 @@ export class BulkPayloadCorruptError extends PayloadCacheError {
 
 /** A key or sublayer breaks one of the naming rules; `rule` names which. Raised before any I/O. */
 export class InvalidKeyError extends PayloadCacheError {
+  /** The refused key or sublayer, as given (possibly not a string). */
   readonly key: unknown;
+  /** The naming rule it breaks, in words. */
   readonly rule: string;
 
   constructor(what: 'key' | 'sublayer', key: unknown, rule: string) {
@@ -46,8 +51,11 @@ export class InvalidKeyError extends PayloadCacheError {
 
 /** Another writer held the key's lock for longer than `lockTimeoutMs`. */
 export class LockTimeoutError extends PayloadCacheError {
+  /** The key whose lock was not acquired. */
   readonly key: string;
+  /** How long this caller waited, in milliseconds. */
   readonly waitedMs: number;
+  /** `host/pid` of the lock's holder, or `undefined` when its owner file could not be read. */
   readonly holder: string | undefined;
 
   constructor(key: string, waitedMs: number, holder: string | undefined) {

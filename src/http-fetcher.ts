@@ -5,6 +5,7 @@ import { sleep } from './abort.js';
 import { BulkPayloadCorruptError, InvalidOptionsError, PayloadCacheError } from './errors.js';
 import { type FetchContext, type FetchedBody, type FetchFn, NOT_MODIFIED } from './types.js';
 
+/** What `onProgress` receives after each chunk. */
 export interface HttpProgress {
   /** Bytes of the payload received so far (back to 0 when a download restarts from scratch). */
   receivedBytes: number;
@@ -12,6 +13,7 @@ export interface HttpProgress {
   totalBytes: number | undefined;
 }
 
+/** Options of {@link httpFetcher}. */
 export interface HttpFetcherOptions {
   /** Extra request headers (e.g. authorization). Never echoed in error messages; dropped on cross-origin redirects. */
   headers?: Record<string, string>;
@@ -27,16 +29,26 @@ export interface HttpFetcherOptions {
   timeoutMs?: number;
   /** Redirects followed before giving up. Default 5. */
   maxRedirections?: number;
-  /** Called for each chunk received. */
+  /** Called for each chunk received. Default: none. */
   onProgress?: (progress: HttpProgress) => void;
-  /** The payload's expected sha256 (64 hex digits); a different digest is refused as `hash-mismatch`. */
+  /**
+   * The payload's expected sha256 (64 hex digits); a different digest is refused (`ERR_PAYLOAD_CORRUPT`,
+   * `hash-mismatch`). Default: none.
+   */
   expectedSha256?: string;
-  /** Largest payload accepted, in bytes. Default `Infinity`. */
+  /**
+   * Largest payload accepted, in bytes; a larger `Content-Length` is refused before the body is read.
+   * Default `Infinity`.
+   */
   maxBytes?: number;
 }
 
-/** The server answered with a status that is not success and is not worth retrying (or retries ran out). */
+/**
+ * The server answered with a status that is not success and is not worth retrying, retries ran out, or the
+ * redirects looped, went past `maxRedirections` or left http(s).
+ */
 export class HttpStatusError extends PayloadCacheError {
+  /** The HTTP status of the last response (a 3xx when following redirects failed). */
   readonly status: number;
   /** The URL's origin and path: credentials and query string (often a token) are left out. */
   readonly url: string;

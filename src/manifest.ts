@@ -44,13 +44,17 @@ const manifestSchema = z.looseObject({
 export interface Manifest {
   /** 1 for manifests written here; imf_reader writes strings such as "1.5.0". */
   schema_version: number | string;
+  /** The key it was written for; a manifest naming another key is a miss, one without a key fits any. */
   key?: string | undefined;
-  /** ISO 8601 with a zone. */
+  /** When the entry was published or last renewed: ISO 8601 with a zone. Freshness counts from it. */
   created_at: string;
+  /** Exact payload size in bytes; a payload of any other size makes the entry a miss. */
   size_bytes: number;
   /** Lower-case hex. */
   sha256?: string | undefined;
+  /** The fetcher's `etag`, offered back for `If-None-Match` once the entry has expired. */
   etag?: string | undefined;
+  /** The fetcher's `lastModified`, offered back for `If-Modified-Since` once the entry has expired. */
   last_modified?: string | undefined;
   [field: string]: unknown;
 }

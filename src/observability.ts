@@ -21,17 +21,25 @@ export const debug = debuglog('payload-cache');
 
 /** Counters of one manager since it was created (`cache.stats()`). */
 export interface CacheStats {
+  /** Paths served from an entry already on disk by `getOrFetch` or `get` (`staleIfError` ones included). */
   hits: number;
+  /** `getOrFetch` lookups that found no fresh entry (absent or expired) or were asked to `refresh`. */
   misses: number;
   /** Calls of a fetcher (a `NOT_MODIFIED` answer included). */
   fetches: number;
   /** Payload bytes published. */
   bytesWritten: number;
+  /** Entries removed to stay within `keepN`/`maxBytes`, after a write or by `prune()`. */
   evictions: number;
   /** Expired entries served by `staleIfError`. */
   staleServed: number;
   /** Lock acquisitions that had to wait for another holder, and the time spent waiting. */
-  lockWaits: { count: number; totalMs: number };
+  lockWaits: {
+    /** Lock acquisitions that found the lock held by someone else. */
+    count: number;
+    /** Total time those acquisitions waited, in milliseconds. */
+    totalMs: number;
+  };
   /** Failed `getOrFetch` calls by error code (`ERR_PAYLOAD_CORRUPT`, `ENOSPC`, `AbortError`...). */
   errors: Record<string, number>;
 }

@@ -3,10 +3,14 @@ import { InvalidOptionsError } from './errors.js';
 import { MIN_LOCK_STALE_MS } from './soft-lock.js';
 import type { GetOrFetchOptions } from './types.js';
 
+/**
+ * Options of `new CacheManager()`, validated in the constructor: a bad value or an unknown option name
+ * (a typo such as `keepn`) throws `InvalidOptionsError`, a bad sublayer `InvalidKeyError`.
+ */
 export interface CacheManagerOptions {
   /** One path segment naming this manager's directory under the root (same rules as a key). */
   sublayer: string;
-  /** Milliseconds an entry stays fresh; `Infinity` never expires. */
+  /** Milliseconds an entry stays fresh; `Infinity` never expires, `0` always refetches. */
   ttl: number;
   /** Most entries kept in this sublayer (an integer >= 1, or `Infinity`). Default 4. */
   keepN?: number;
@@ -14,7 +18,10 @@ export interface CacheManagerOptions {
   maxBytes?: number;
   /** This manager's cache root; default: the global root, resolved at each operation. */
   root?: string;
-  /** A lock whose heartbeat is older than this is taken over. Default 10,000; at least 2,000. */
+  /**
+   * A lock whose heartbeat is older than this is taken over; the holder refreshes it every
+   * `lockStaleMs / 2`. Default 10,000; at least 2,000.
+   */
   lockStaleMs?: number;
   /** Longest wait for another writer's lock before `LockTimeoutError`. Default 30 minutes. */
   lockTimeoutMs?: number;

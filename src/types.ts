@@ -14,6 +14,7 @@ export type Body =
 
 /** A body with what the fetcher knows about it; `expectedSize` and `sha256` are checked before publishing. */
 export interface FetchedBody {
+  /** The payload bytes, consumed once. */
   body: Body;
   /** Stored in the manifest, offered back in `ctx.previous` for conditional requests. */
   etag?: string;
@@ -25,49 +26,85 @@ export interface FetchedBody {
   sha256?: string;
 }
 
+/**
+ * What a fetcher answers: the bytes, the bytes with their facts, or {@link NOT_MODIFIED} (only when
+ * `ctx.previous` exists; otherwise it is an `InvalidOptionsError`).
+ */
 export type FetchResult = Body | FetchedBody | typeof NOT_MODIFIED;
 
+/** What `getOrFetch` passes to the fetcher on a miss, an expiry or a refresh. */
 export interface FetchContext {
+  /** The key being fetched. */
   readonly key: string;
-  /** Aborts when every caller joined to this fetch has aborted. */
+  /** Aborts when every caller joined to this fetch has aborted; pass it to your HTTP client. */
   readonly signal: AbortSignal;
   /** The expired (or refreshed) entry, for conditional requests (`If-None-Match`, `If-Modified-Since`). */
-  readonly previous?: { readonly path: string; readonly manifest: Manifest };
+  readonly previous?: {
+    /** The payload of the expired (or refreshed) entry. */
+    readonly path: string;
+    /** Its manifest: `etag` and `last_modified` are the validators for a conditional request. */
+    readonly manifest: Manifest;
+  };
   /** Discards the body bytes received so far: the next chunk is byte 0 again (for restarted downloads). */
   resetBody(): void;
 }
 
+/**
+ * Produces the bytes for a key on a miss. Any function will do; {@link httpFetcher} builds one for a URL.
+ * Its errors propagate to the caller unchanged.
+ */
 export type FetchFn = (ctx: FetchContext) => FetchResult | Promise<FetchResult>;
 
 /** What a validator sees: the complete downloaded payload, still in its private tmp file. */
 export interface PayloadInfo {
+  /** The key being fetched. */
   readonly key: string;
   /** The tmp file; valid only while the validator runs. */
   readonly path: string;
+  /** Exact size of the payload, in bytes. */
   readonly sizeBytes: number;
+  /** The payload's sha256, lower-case hex, as computed while it was written. */
   readonly sha256: string;
   /** Reads the whole payload into memory: convenient for small payloads only. */
   bytes(): Promise<Buffer>;
 }
 
+/**
+ * Per-call options of `getOrFetch`. A caller that joins a fetch already running in its process shares that
+ * fetch, including the first caller's fetcher and `validator`.
+ */
 export interface GetOrFetchOptions {
   /** Runs on the tmp file before publication; throw (or reject) to refuse the bytes. */
   validator?: (payload: PayloadInfo) => void | Promise<void>;
-  /** Aborts this caller's wait; the fetch itself stops when every joined caller has aborted. */
+  /**
+   * This caller rejects with `signal.reason` at once; the fetch itself stops (and its tmp file is removed)
+   * only when every joined caller has aborted.
+   */
   signal?: AbortSignal;
   /** Fetch even if a fresh entry exists (the fetcher still gets `previous`). */
   refresh?: boolean;
-  /** When producing a new entry fails (fetcher error, corrupt payload, lock timeout), serve an expired one. */
+  /**
+   * When producing a new entry fails (fetcher error, refused payload, lock timeout) and an expired entry
+   * exists, return its path instead of the error. Invalid input and aborts still reject.
+   */
   staleIfError?: boolean;
 }
 
+/** One committed entry, as `list()` reports it. */
 export interface EntryInfo {
+  /** The entry's key. */
   key: string;
+  /** Absolute path of the payload. */
   path: string;
+  /** Payload size, in bytes. */
   sizeBytes: number;
+  /** When the entry was published or last renewed (the manifest's `created_at`); freshness counts from it. */
   createdAt: Date;
+  /** Last recorded use (the payload's mtime); a hit updates it at most once per `touchIntervalMs`. */
   lastUsedAt: Date;
+  /** Whether the entry is past its `ttl` (or its `created_at` is beyond `maxClockSkewMs` in the future). */
   expired: boolean;
+  /** The payload's sha256 from the manifest; absent when the manifest has none (imf_reader manifests). */
   sha256?: string;
 }
 
@@ -84,22 +121,35 @@ export type RemovalReason =
   | 'wrong-key'
   | 'cleared';
 
+/** One file or directory that `prune()`, `clear()` or `verify()` removed or found bad. */
 export interface ReportItem {
   /** The entry's key, when the file belongs to one. */
   key?: string;
+  /** Absolute path of the file or directory. */
   path: string;
+  /** Why it was removed or found bad. */
   reason: RemovalReason;
 }
 
+/** What `prune()` did. */
 export interface PruneReport {
   /** Files and directories removed, each with its reason. */
   removed: ReportItem[];
   /** Entries left although they are over `keepN`/`maxBytes`, because they are in use or locked. */
-  kept: { key: string; reason: 'locked' | 'recently-used' | 'just-written' }[];
+  kept: {
+    /** The entry's key. */
+    key: string;
+    /**
+     * `locked`: someone else holds its lock; `recently-used`: used within
+     * `touchIntervalMs + evictionGraceMs`; `just-written`: the key whose write triggered the eviction.
+     */
+    reason: 'locked' | 'recently-used' | 'just-written';
+  }[];
 }
 
+/** What `verify()` found and, with `fix: true`, removed. */
 export interface VerifyReport {
-  /** Entries whose payload was re-hashed and matched. */
+  /** Entries that passed: the payload has the manifest's size and (when the manifest has one) its sha256. */
   checked: number;
   /** Entries (and orphans) found bad. */
   bad: ReportItem[];
