@@ -8,3 +8,11 @@ export class UsageError extends Error {
     this.name = 'UsageError';
   }
 }
+
+/** The user pressed Ctrl-C: the download was aborted and nothing was published (exit code 130). */
+export class InterruptedError extends Error {
+  constructor() {
+    super('interrupted: nothing was published');
+    this.name = 'InterruptedError';
+  }
+}

@@ -1,4 +1,4 @@
-import { UsageError } from './usage-error.js';
+import { UsageError } from './errors.js';
 
 /** Milliseconds per duration unit accepted on the command line. */
 const DURATION_UNITS_MS: Record<string, number> = {
@@ -27,7 +27,9 @@ export function parseDuration(text: string, flag: string): number {
     matched += part;
   }
   if (matched === '' || matched !== input) {
-    throw new UsageError(`${flag} needs a duration such as 7d, 12h, 30m, 45s, 500ms or Infinity, got "${text}"`);
+    throw new UsageError(
+      `${flag} needs a duration such as 7d, 12h, 30m, 45s, 500ms or Infinity, got "${text}"`,
+    );
   }
   return Math.round(totalMs);
 }
@@ -80,7 +82,7 @@ const BINARY_UNITS = ['KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
 
 /** `512 B`, `1.5 KiB`, `47.1 MiB`: powers of 1024, one decimal. */
 export function formatBytes(bytes: number): string {
-  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024) return `${Math.round(bytes)} B`;
   let value = bytes;
   let unit = -1;
   // Divide while the rounded value would still read 1024 or more ("1024.0 KiB" should be "1.0 MiB").

@@ -1,0 +1,129 @@
+import { promises as fsp } from 'node:fs';
+import { type FetchFn, httpFetcher, NOT_MODIFIED } from '../index.js';
+import {
+  type Command,
+  type CommandInput,
+  EXIT_OK,
+  flag,
+  type Io,
+  limitsOf,
+  rootOf,
+  stringOption,
+  ttlOf,
+} from './command.js';
+import { InterruptedError, UsageError } from './errors.js';
+import { createProgress } from './progress.js';
+import { openSublayer } from './sublayers.js';
+import { describeTtl, formatBytes, formatDuration } from './units.js';
+
+export const fetchCommand: Command = {
+  name: 'fetch',
+  summary: 'Download a URL into the cache (with progress) and print its path',
+  help: `Usage: payload-cache fetch <url> --sublayer S [--key K] [--ttl DURATION] [--refresh] [--retries N]
+                           [--keep-n N] [--max-bytes SIZE] [--root DIR]
+
+Downloads <url> into the cache with the library's httpFetcher (streamed to disk, retried, resumed,
+checked against Content-Length, proxies from HTTP_PROXY/HTTPS_PROXY/NO_PROXY) and prints the payload's
+absolute path on stdout, so that PAYLOAD=$(payload-cache fetch ...) works in scripts. An entry that is
+already there and fresh under --ttl is a hit: nothing is downloaded. Other processes fetching the same
+key wait for this download instead of repeating it. Ctrl-C aborts the download (exit 130); nothing is
+published then.
+
+Progress goes to stderr: on a terminal a bar with bytes, rate and ETA; otherwise a plain line at every
+10 % (every 10 MiB when the server sends no Content-Length).
+
+Options:
+  --sublayer S       The sublayer to store it in (required)
+  --key K            The entry's key. Default: the URL's last path segment, percent-decoded
+  --ttl DURATION     An entry older than this is fetched again (a 304 answer renews it without a
+                     download): 7d, 12h, 30m, 45s, 500ms or Infinity. Default Infinity: any entry is a hit
+  --refresh          Download even if a fresh entry exists
+  --retries N        Retries after a network error, a timeout or a 408/429/5xx answer. Default 3
+  --keep-n N         Afterwards, evict least recently used entries of the sublayer down to N entries.
+                     Default: no limit, nothing else is evicted
+  --max-bytes SIZE   Likewise, down to SIZE payload bytes (500MiB, 2GiB, 10GB). Default: no limit`,
+  options: {
+    sublayer: { type: 'string' },
+    key: { type: 'string' },
+    ttl: { type: 'string' },
+    refresh: { type: 'boolean' },
+    retries: { type: 'string' },
+    'keep-n': { type: 'string' },
+    'max-bytes': { type: 'string' },
+  },
+  positionals: ['url'],
+  run: runFetch,
+};
+
+async function runFetch(input: CommandInput, io: Io): Promise<number> {
+  const target = httpUrl(input.positionals[0] as string);
+  const sublayer = stringOption(input, 'sublayer');
+  if (sublayer === undefined) throw new UsageError('--sublayer is required');
+  const key = stringOption(input, 'key') ?? keyFromUrl(target);
+  const ttlMs = ttlOf(input);
+  const cache = openSublayer(sublayer, { root: rootOf(input), ttlMs, ...limitsOf(input) });
+  const progress = createProgress(key, io.stderr);
+  const download = httpFetcher(target, { retries: retriesOf(input), onProgress: (p) => progress.update(p) });
+  let outcome: 'hit' | 'downloaded' | 'renewed' = 'hit';
+  const fetchFn: FetchFn = async (ctx) => {
+    const result = await download(ctx);
+    outcome = result === NOT_MODIFIED ? 'renewed' : 'downloaded';
+    return result;
+  };
+  const interrupt = new AbortController();
+  const onSigint = () => interrupt.abort(new InterruptedError());
+  process.once('SIGINT', onSigint);
+  const startMs = Date.now();
+  let payloadPath: string;
+  try {
+    payloadPath = await cache.getOrFetch(key, fetchFn, {
+      signal: interrupt.signal,
+      refresh: flag(input, 'refresh'),
+    });
+  } finally {
+    progress.stop();
+    process.off('SIGINT', onSigint);
+  }
+  const elapsed = formatDuration(Date.now() - startMs);
+  if (outcome === 'hit') io.err(`${key}: already cached (fresh under ttl ${describeTtl(ttlMs)})`);
+  else if (outcome === 'renewed') io.err(`${key}: not modified on the server, entry renewed in ${elapsed}`);
+  else {
+    const { size } = await fsp.stat(payloadPath);
+    io.err(`${key}: downloaded ${formatBytes(size)} in ${elapsed}`);
+  }
+  io.out(payloadPath);
+  return EXIT_OK;
+}
+
+function httpUrl(text: string): URL {
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new UsageError(`not an absolute URL: "${text}"`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new UsageError(`only http and https URLs can be fetched, not ${url.protocol}`);
+  }
+  return url;
+}
+
+/** The URL's last path segment, percent-decoded: `https://host/files/weo%202024.zip?sig=x` -> `weo 2024.zip`. */
+export function keyFromUrl(url: URL): string {
+  const segment = url.pathname.split('/').pop() ?? '';
+  if (segment === '') {
+    throw new UsageError(`cannot take a key from ${url.origin}${url.pathname}: pass --key`);
+  }
+  try {
+    return decodeURIComponent(segment);
+  } catch {
+    return segment;
+  }
+}
+
+function retriesOf(input: CommandInput): number | undefined {
+  const text = stringOption(input, 'retries');
+  if (text === undefined) return undefined;
+  if (!/^\d+$/.test(text.trim())) throw new UsageError(`--retries needs an integer >= 0, got "${text}"`);
+  return Number(text);
+}

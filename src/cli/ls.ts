@@ -1,0 +1,135 @@
+import path from 'node:path';
+import type { EntryInfo } from '../index.js';
+import {
+  type Command,
+  type CommandInput,
+  EXIT_OK,
+  flag,
+  type Io,
+  rootOf,
+  stringOption,
+  ttlOf,
+} from './command.js';
+import { listEntries, targetSublayers, totalBytes } from './sublayers.js';
+import { plural, renderTable } from './table.js';
+import { describeTtl, formatAgo, formatBytes, formatDuration } from './units.js';
+
+interface SublayerListing {
+  readonly name: string;
+  readonly entries: readonly EntryInfo[];
+}
+
+export const TTL_HELP = `  --ttl DURATION   The ttl that decides "expired": 7d, 12h, 30m, 45s, 500ms, 1h30m or Infinity.
+                   Default Infinity, so nothing counts as expired: the cache stores no ttl, each
+                   application passes its own to CacheManager`;
+
+export const lsCommand: Command = {
+  name: 'ls',
+  summary: 'List sublayers and entries: size, age, last use, expiry, totals',
+  help: `Usage: payload-cache ls [--sublayer S] [--ttl DURATION] [--json] [--root DIR]
+
+Lists each sublayer (a directory under the cache root) and its committed entries, most recently used
+first: key, size, age (since the manifest's created_at), last use (the payload's mtime) and whether the
+entry has expired, with totals per sublayer and overall. Lists only: deletes nothing.
+
+Options:
+  --sublayer S     Only this sublayer
+${TTL_HELP}
+  --json           Print JSON: { root, ttlMs (null = Infinity), entryCount, totalBytes,
+                   sublayers: [{ name, path, entryCount, totalBytes, entries: [{ key, path,
+                   sizeBytes, createdAt, lastUsedAt, ageMs, expired, sha256 }] }] }`,
+  options: { sublayer: { type: 'string' }, ttl: { type: 'string' }, json: { type: 'boolean' } },
+  positionals: [],
+  run: runLs,
+};
+
+async function runLs(input: CommandInput, io: Io): Promise<number> {
+  const root = rootOf(input);
+  const ttlMs = ttlOf(input);
+  const names = await targetSublayers(root, stringOption(input, 'sublayer'));
+  const sublayers = await Promise.all(
+    names.map(async (name) => ({ name, entries: await listEntries(name, root, ttlMs) })),
+  );
+  // Read after listing, so that no entry looks used in the future.
+  const nowMs = Date.now();
+  if (flag(input, 'json')) {
+    io.out(JSON.stringify(listingJson(root, ttlMs, nowMs, sublayers), null, 2));
+  } else {
+    for (const line of renderListing(root, ttlMs, nowMs, sublayers)) io.out(line);
+  }
+  return EXIT_OK;
+}
+
+/** The human listing: one table per sublayer with its total, then the overall total. */
+export function renderListing(
+  root: string,
+  ttlMs: number,
+  nowMs: number,
+  sublayers: readonly SublayerListing[],
+): string[] {
+  const ttlNote = Number.isFinite(ttlMs)
+    ? `ttl ${describeTtl(ttlMs)}`
+    : 'ttl none: nothing counts as expired, pass --ttl to judge';
+  const lines = [`Cache root ${root} (${ttlNote})`];
+  if (sublayers.length === 0) return [...lines, 'No sublayers.'];
+  for (const { name, entries } of sublayers) {
+    lines.push('', `${name}/`);
+    if (entries.length === 0) {
+      lines.push('  (no entries)');
+      continue;
+    }
+    const rows = entries.map((entry) => [
+      entry.key,
+      formatBytes(entry.sizeBytes),
+      formatDuration(nowMs - entry.createdAt.getTime()),
+      formatAgo(nowMs - entry.lastUsedAt.getTime()),
+      entry.expired ? 'yes' : 'no',
+    ]);
+    lines.push(
+      ...renderTable(['KEY', 'SIZE', 'AGE', 'LAST USED', 'EXPIRED'], rows, ['left', 'right'], '  '),
+      `  total: ${plural(entries.length, 'entry', 'entries')}, ${formatBytes(totalBytes(entries))}`,
+    );
+  }
+  const all = sublayers.flatMap((sublayer) => sublayer.entries);
+  lines.push(
+    '',
+    `Total: ${plural(sublayers.length, 'sublayer')}, ${plural(all.length, 'entry', 'entries')}, ${formatBytes(totalBytes(all))}`,
+  );
+  return lines;
+}
+
+/** What `ls --json` prints. Dates are ISO 8601; a ttl of Infinity is `null` (JSON has no Infinity). */
+export function listingJson(
+  root: string,
+  ttlMs: number,
+  nowMs: number,
+  sublayers: readonly SublayerListing[],
+) {
+  const all = sublayers.flatMap((sublayer) => sublayer.entries);
+  return {
+    root,
+    ttlMs: Number.isFinite(ttlMs) ? ttlMs : null,
+    entryCount: all.length,
+    totalBytes: totalBytes(all),
+    sublayers: sublayers.map(({ name, entries }) => ({
+      name,
+      path: path.join(root, name),
+      entryCount: entries.length,
+      totalBytes: totalBytes(entries),
+      entries: entries.map((entry) => entryJson(entry, nowMs)),
+    })),
+  };
+}
+
+export function entryJson(entry: EntryInfo, nowMs: number) {
+  return {
+    key: entry.key,
+    path: entry.path,
+    sizeBytes: entry.sizeBytes,
+    createdAt: entry.createdAt.toISOString(),
+    lastUsedAt: entry.lastUsedAt.toISOString(),
+    ageMs: nowMs - entry.createdAt.getTime(),
+    expired: entry.expired,
+    sha256: entry.sha256 ?? null,
+  };
+}
