@@ -6,6 +6,8 @@ import { writeFileAtomic } from './atomic-writer.js';
 export const SCHEMA_VERSION = 1;
 /** A manifest is a few hundred bytes; anything past this is not one of ours and reads as a miss. */
 const MAX_MANIFEST_BYTES = 64 * 1024;
+// Manifests are a few hundred bytes; Buffer.allocUnsafe serves up to 4 KiB from its shared pool.
+const FIRST_READ_BYTES = 4095;
 // Never through a symlink, and never blocking on a FIFO planted in its place.
 const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 
@@ -72,27 +74,39 @@ export function parseManifest(text: string): Manifest | undefined {
 }
 
 /**
- * Reads and parses a manifest with one small read; `undefined` when it is missing, unreadable, a
- * symlink, oversized or invalid. A bad manifest is a miss, never an exception.
+ * Reads and parses a manifest, normally with one small read; `undefined` when it is missing, unreadable,
+ * a symlink, oversized or invalid. A bad manifest is a miss, never an exception.
  */
 export async function readManifest(manifestPath: string): Promise<Manifest | undefined> {
   let handle: fsp.FileHandle | undefined;
   try {
     handle = await fsp.open(manifestPath, READ_FLAGS);
-    const buffer = Buffer.allocUnsafe(MAX_MANIFEST_BYTES + 1);
-    let length = 0;
-    while (length < buffer.length) {
-      const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
-      if (bytesRead === 0) break;
-      length += bytesRead;
+    // The hit path: one read into a small pooled buffer, no second read to see the end of the file. A
+    // manifest that does not parse from it (larger than the buffer, or a short read) is read again whole.
+    const first = Buffer.allocUnsafe(FIRST_READ_BYTES);
+    const { bytesRead } = await handle.read(first, 0, first.length, 0);
+    if (bytesRead < first.length) {
+      const manifest = parseManifest(first.toString('utf8', 0, bytesRead));
+      if (manifest || bytesRead === 0) return manifest;
     }
-    if (length > MAX_MANIFEST_BYTES) return undefined;
-    return parseManifest(buffer.toString('utf8', 0, length));
+    return parseManifest(await readUpTo(handle, MAX_MANIFEST_BYTES));
   } catch {
     return undefined;
   } finally {
     await handle?.close().catch(() => {});
   }
+}
+
+/** The whole file as text if it has at most `maxBytes`; otherwise '' (which parses as a miss). */
+async function readUpTo(handle: fsp.FileHandle, maxBytes: number): Promise<string> {
+  const buffer = Buffer.allocUnsafe(maxBytes + 1);
+  let length = 0;
+  while (length < buffer.length) {
+    const { bytesRead } = await handle.read(buffer, length, buffer.length - length, length);
+    if (bytesRead === 0) break;
+    length += bytesRead;
+  }
+  return length > maxBytes ? '' : buffer.toString('utf8', 0, length);
 }
 
 /** Writes a manifest atomically (tmp, fsync, rename); the caller fsyncs the directory. */
