@@ -53,20 +53,27 @@ export class PayloadWriter {
   /** Streams `body` into the tmp file, counting and hashing as it goes; stops at once when `signal` aborts. */
   async writeBody(body: Body, signal: AbortSignal): Promise<void> {
     const handle = this.#openHandle();
-    if (typeof body === 'string') return this.#writeChunk(handle, Buffer.from(body, 'utf8'));
-    if (body instanceof ArrayBuffer) return this.#writeChunk(handle, new Uint8Array(body));
-    if (body instanceof Uint8Array) return this.#writeChunk(handle, body);
+    if (typeof body === 'string') return this.#writeWhole(handle, Buffer.from(body, 'utf8'));
+    if (body instanceof ArrayBuffer) return this.#writeWhole(handle, new Uint8Array(body));
+    if (body instanceof Uint8Array) return this.#writeWhole(handle, body);
     const chunks = chunksOf(body);
+    const writes = new WriteBehind(handle, this.tmpPath);
     try {
       for (;;) {
         signal.throwIfAborted();
         const next = await raceAbort(chunks.next(), signal);
         if (next.done) break;
-        await this.#writeChunk(handle, toBytes(next.value));
+        await this.#applyPendingReset(handle, writes);
+        const chunk = toBytes(next.value);
+        this.#hash.update(chunk);
+        this.#sizeBytes += chunk.byteLength;
+        await writes.append(chunk);
         await crashPoint('streaming');
       }
-      await this.#applyPendingReset(handle);
+      await this.#applyPendingReset(handle, writes);
+      await writes.finish();
     } finally {
+      await writes.settle();
       // Tell the source we are done with it (destroys a Node stream, cancels a web stream); never wait on it.
       Promise.resolve(chunks.return?.()).catch(() => {});
     }
@@ -126,25 +133,98 @@ export class PayloadWriter {
     return this.#handle;
   }
 
-  async #applyPendingReset(handle: fsp.FileHandle): Promise<void> {
+  async #applyPendingReset(handle: fsp.FileHandle, writes?: WriteBehind): Promise<void> {
     if (!this.#resetRequested) return;
     this.#resetRequested = false;
+    await writes?.reset();
     await handle.truncate(0);
     this.#hash = createHash('sha256');
     this.#sizeBytes = 0;
   }
 
-  async #writeChunk(handle: fsp.FileHandle, chunk: Uint8Array): Promise<void> {
+  async #writeWhole(handle: fsp.FileHandle, bytes: Uint8Array): Promise<void> {
     await this.#applyPendingReset(handle);
-    if (chunk.byteLength === 0) return;
-    const position = this.#sizeBytes;
-    this.#sizeBytes += chunk.byteLength;
+    this.#sizeBytes = bytes.byteLength;
     // Hash on the main thread while the write runs in the thread pool.
-    const written = writeFully(handle, chunk, position);
-    this.#hash.update(chunk);
+    const written = writeFully(handle, bytes, 0);
+    this.#hash.update(bytes);
     await written.catch((error: unknown) => {
       throw withPath(error, this.tmpPath);
     });
+  }
+}
+
+/** Size of each of the two write buffers of a streamed body: few, large writes; memory stays at 2 MiB. */
+const WRITE_BUFFER_BYTES = 1024 * 1024;
+
+/**
+ * Double-buffered writing of a streamed body: chunks are copied into one buffer while the other is being
+ * written, so reading the source, hashing and writing overlap. The copy also keeps the bytes on disk equal
+ * to the bytes hashed when a source reuses its chunk buffers after yielding them.
+ */
+class WriteBehind {
+  readonly #handle: fsp.FileHandle;
+  readonly #tmpPath: string;
+  readonly #buffers: (Buffer | undefined)[] = [undefined, undefined];
+  #filling = 0;
+  #filled = 0;
+  #fileOffset = 0;
+  #inFlight: Promise<void> = Promise.resolve();
+
+  constructor(handle: fsp.FileHandle, tmpPath: string) {
+    this.#handle = handle;
+    this.#tmpPath = tmpPath;
+  }
+
+  async append(chunk: Uint8Array): Promise<void> {
+    for (let offset = 0; offset < chunk.byteLength; ) {
+      const buffer = this.#buffer();
+      const length = Math.min(chunk.byteLength - offset, buffer.length - this.#filled);
+      buffer.set(chunk.subarray(offset, offset + length), this.#filled);
+      this.#filled += length;
+      offset += length;
+      if (this.#filled === buffer.length) await this.#flush();
+    }
+  }
+
+  /** Writes what is buffered and waits for every write. */
+  async finish(): Promise<void> {
+    await this.#flush();
+    await this.#inFlight;
+  }
+
+  /** Drops what is buffered and starts again at offset 0 (the caller truncates the file). */
+  async reset(): Promise<void> {
+    await this.#inFlight;
+    this.#filled = 0;
+    this.#fileOffset = 0;
+  }
+
+  /** Waits for a write still running, ignoring its outcome (on error paths, before the file is closed). */
+  async settle(): Promise<void> {
+    await this.#inFlight.catch(() => {});
+  }
+
+  #buffer(): Buffer {
+    const existing = this.#buffers[this.#filling];
+    if (existing) return existing;
+    const created = Buffer.allocUnsafe(WRITE_BUFFER_BYTES);
+    this.#buffers[this.#filling] = created;
+    return created;
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#filled === 0) return;
+    const bytes = this.#buffer().subarray(0, this.#filled);
+    const position = this.#fileOffset;
+    await this.#inFlight; // the other buffer's write: once done, that buffer is free to fill
+    this.#inFlight = writeFully(this.#handle, bytes, position).catch((error: unknown) => {
+      throw withPath(error, this.#tmpPath);
+    });
+    this.#inFlight.catch(() => {}); // observed by the next flush or finish; never unhandled
+    this.#fileOffset += this.#filled;
+    this.#filled = 0;
+    this.#filling = 1 - this.#filling;
   }
 }
 
