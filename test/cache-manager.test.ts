@@ -96,6 +96,23 @@ describe('getOrFetch round trip', () => {
     expect(await cache.has('empty')).toBe(true);
   });
 
+  it('stores the bytes it hashed even when the source reuses one buffer for every chunk', async () => {
+    const cache = cacheWith();
+    const expected = Buffer.concat(Array.from({ length: 40 }, (_, i) => Buffer.alloc(65_536, i)));
+    const returned = await cache.getOrFetch('reused', () =>
+      (async function* () {
+        const shared = Buffer.alloc(65_536);
+        for (let i = 0; i < 40; i++) {
+          shared.fill(i);
+          yield shared;
+        }
+      })(),
+    );
+    expect(sha256(await fsp.readFile(returned))).toBe(sha256(expected));
+    const manifest = JSON.parse(await fsp.readFile(`${returned}.manifest.json`, 'utf8'));
+    expect(manifest.sha256).toBe(sha256(expected));
+  });
+
   it('honours resetBody: bytes received before the reset are discarded', async () => {
     const cache = cacheWith();
     const returned = await cache.getOrFetch('restarted', (ctx: FetchContext) =>
