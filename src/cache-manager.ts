@@ -137,13 +137,26 @@ export class CacheManager {
     const { root, dir } = this.#scope();
     await ensureRealDir(dir);
     await this.#tagRoot(root);
+    const waitStartedAt = Date.now();
+    const meanwhile: { found?: EntryState } = {};
     const lock = await waitForLock(paths.lock, {
       key: paths.key,
       staleMs: this.#settings.lockStaleMs,
       timeoutMs: this.#settings.lockTimeoutMs,
       signal,
       onStillWaiting: (waitedMs, holder) => this.#observer.stillWaiting(paths.key, waitedMs, holder),
+      // Another writer holds the key: if it has published a fresh entry, serve it without the lock.
+      satisfied: async () => {
+        if (options.refresh) return false;
+        meanwhile.found = await lookupEntry(paths, this.#scope().freshness);
+        return meanwhile.found.state === 'fresh';
+      },
     });
+    if (!lock) {
+      this.#observer.lockWaited(paths.key, Date.now() - waitStartedAt);
+      if (meanwhile.found?.state !== 'fresh') throw new Error('lock wait ended without a fresh entry');
+      return this.#serve(paths, meanwhile.found, this.#scope());
+    }
     this.#observer.lockWaited(paths.key, lock.waitedMs);
     try {
       await crashPoint('locked');

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { createReadStream, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
 import { assertRealDir, errorCode, removeFile } from './atomic-writer.js';
-import { classifyName, type EntryPaths, entryPaths } from './entry-paths.js';
+import { classifyName, type EntryPaths, entryPaths, MANIFEST_SUFFIX } from './entry-paths.js';
 import { lookupEntry } from './entry-store.js';
 import {
   describesKey,
@@ -79,6 +79,25 @@ export async function scanSublayer(dir: string): Promise<SublayerScan> {
   return scan;
 }
 
+/**
+ * Once over `keepN`, eviction goes 1 % further, so that in a large sublayer the next writes find it under
+ * the limit by name alone instead of stating every payload again (keepN stays a maximum).
+ */
+export function lowWaterMark(keepN: number): number {
+  return keepN === Number.POSITIVE_INFINITY ? keepN : keepN - Math.floor(keepN / 100);
+}
+
+/** Committed-looking entries counted from one `readdir`: names with both a payload and a manifest. */
+async function countByName(dir: string): Promise<number> {
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  const present = new Set(names);
+  let count = 0;
+  for (const name of names) {
+    if (name.endsWith(MANIFEST_SUFFIX) && present.has(name.slice(0, -MANIFEST_SUFFIX.length))) count += 1;
+  }
+  return count;
+}
+
 /** Least recently used first; ties broken by key so the order is stable. */
 export function evictionOrder<T extends { paths: { key: string }; lastUsedAtMs: number }>(entries: T[]): T[] {
   return [...entries].sort((a, b) => a.lastUsedAtMs - b.lastUsedAtMs || (a.paths.key < b.paths.key ? -1 : 1));
@@ -107,10 +126,19 @@ export async function evict(
   scan?: SublayerScan,
 ): Promise<PruneReport> {
   const report: PruneReport = { removed: [], kept: [] };
+  // Without a byte limit, names alone tell whether anything must go: no stat of every payload per write.
+  if (
+    !scan &&
+    policy.maxBytes === Number.POSITIVE_INFINITY &&
+    (await countByName(policy.dir)) <= policy.keepN
+  ) {
+    return report;
+  }
   const { entries } = scan ?? (await scanSublayer(policy.dir));
   let count = entries.length;
   let bytes = entries.reduce((sum, entry) => sum + entry.sizeBytes, 0);
-  const overLimits = () => count > policy.keepN || bytes > policy.maxBytes;
+  const countLimit = count > policy.keepN ? lowWaterMark(policy.keepN) : policy.keepN;
+  const overLimits = () => count > countLimit || bytes > policy.maxBytes;
   const nowMs = policy.freshness.nowMs;
   for (const entry of evictionOrder(entries)) {
     if (!overLimits()) break;
@@ -191,8 +219,12 @@ export async function prune(policy: SublayerPolicy): Promise<PruneReport> {
   const removed: ReportItem[] = [];
   const kept: PruneReport['kept'] = [];
   const remaining: ScannedEntry[] = [];
+  const manifests = new Map<ScannedEntry, Manifest | undefined>();
+  await forEachLimited(scan.entries, 64, async (entry) => {
+    manifests.set(entry, await readManifest(entry.paths.manifest));
+  });
   for (const entry of scan.entries) {
-    const manifest = await readManifest(entry.paths.manifest);
+    const manifest = manifests.get(entry);
     if (!manifest || !isExpired(manifest, policy.freshness)) {
       remaining.push(entry);
       continue;
@@ -330,21 +362,20 @@ async function forEachLimited<T>(items: T[], limit: number, task: (item: T) => P
 /** Committed entries (fresh and expired) with their facts, most recently used first. */
 export async function listEntries(dir: string, freshness: Freshness): Promise<EntryInfo[]> {
   const { entries } = await scanSublayer(dir);
-  const infos = await Promise.all(
-    entries.map(async ({ paths }): Promise<EntryInfo | undefined> => {
-      const found = await lookupEntry(paths, freshness);
-      if (found.state === 'absent') return undefined;
-      return {
-        key: paths.key,
-        path: paths.payload,
-        sizeBytes: found.sizeBytes,
-        createdAt: new Date(parseTimestamp(found.manifest.created_at)),
-        lastUsedAt: new Date(found.lastUsedAtMs),
-        expired: found.state === 'expired',
-        ...(found.manifest.sha256 ? { sha256: found.manifest.sha256 } : {}),
-      };
-    }),
-  );
+  const infos: (EntryInfo | undefined)[] = [];
+  await forEachLimited(entries, 64, async ({ paths }) => {
+    const found = await lookupEntry(paths, freshness);
+    if (found.state === 'absent') return;
+    infos.push({
+      key: paths.key,
+      path: paths.payload,
+      sizeBytes: found.sizeBytes,
+      createdAt: new Date(parseTimestamp(found.manifest.created_at)),
+      lastUsedAt: new Date(found.lastUsedAtMs),
+      expired: found.state === 'expired',
+      ...(found.manifest.sha256 ? { sha256: found.manifest.sha256 } : {}),
+    });
+  });
   return infos
     .filter((info): info is EntryInfo => info !== undefined)
     .sort((a, b) => b.lastUsedAt.getTime() - a.lastUsedAt.getTime());

@@ -108,6 +108,12 @@ export interface WaitForLockOptions {
   onStillWaiting?: (waitedMs: number, holder: string | undefined) => void;
   /** Default {@link STILL_WAITING_INTERVAL_MS}. */
   reportEveryMs?: number;
+  /**
+   * Checked after every failed attempt: `true` ends the wait WITHOUT the lock (resolves `undefined`).
+   * Waiters that only need what the holder is producing can then read it as soon as it is published,
+   * all at once, instead of taking the lock one after another.
+   */
+  satisfied?: () => Promise<boolean>;
 }
 
 /** How often a long wait reports itself through `onStillWaiting`. */
@@ -117,7 +123,15 @@ export const STILL_WAITING_INTERVAL_MS = 10_000;
  * Waits for the lock with short polling (proper-lockfile's own retry backoff is far too slow for a
  * hand-off), bounded by `timeoutMs` ({@link LockTimeoutError}) and abortable by `signal`.
  */
-export async function waitForLock(lockPath: string, options: WaitForLockOptions): Promise<HeldLock> {
+export async function waitForLock(
+  lockPath: string,
+  options: WaitForLockOptions & { satisfied: () => Promise<boolean> },
+): Promise<HeldLock | undefined>;
+export async function waitForLock(lockPath: string, options: WaitForLockOptions): Promise<HeldLock>;
+export async function waitForLock(
+  lockPath: string,
+  options: WaitForLockOptions,
+): Promise<HeldLock | undefined> {
   const startedAt = Date.now();
   const reportEveryMs = options.reportEveryMs ?? STILL_WAITING_INTERVAL_MS;
   let nextReportMs = reportEveryMs;
@@ -131,6 +145,7 @@ export async function waitForLock(lockPath: string, options: WaitForLockOptions)
         held.waitedMs = pollMs === FIRST_POLL_MS ? 0 : waitedMs; // free at the first attempt: no wait
         return held;
       }
+      if (await options.satisfied?.()) return undefined;
       if (options.onStillWaiting && waitedMs >= nextReportMs) {
         nextReportMs += reportEveryMs;
         options.onStillWaiting(waitedMs, await describeLockHolder(lockPath));
@@ -154,15 +169,23 @@ export async function waitForLock(lockPath: string, options: WaitForLockOptions)
 function watchForRelease(lockPath: string) {
   const lockName = path.basename(lockPath);
   let wake: (() => void) | undefined;
+  // An event that arrives while the waiter is busy trying the lock must not be lost: it ends the next sleep.
+  let missed = false;
   let watcher: fs.FSWatcher | undefined;
   try {
     watcher = fs.watch(path.dirname(lockPath), { persistent: false }, (_event, name) => {
-      if (name === null || name.toString() === lockName) wake?.();
+      if (name !== null && name.toString() !== lockName) return;
+      if (wake) wake();
+      else missed = true;
     });
     watcher.on('error', () => watcher?.close());
   } catch {}
   return {
     async sleep(ms: number, signal: AbortSignal | undefined): Promise<void> {
+      if (missed) {
+        missed = false;
+        return;
+      }
       await sleep(ms, signal, (wakeNow) => {
         wake = wakeNow;
       });

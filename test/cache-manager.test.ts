@@ -680,6 +680,31 @@ describe('concurrency inside one process', () => {
     }
   });
 
+  it('a waiter is served the entry another writer published while it still holds the lock', async () => {
+    const cache = cacheWith();
+    await fsp.mkdir(dirOf(), { recursive: true });
+    const held = await tryLock(path.join(dirOf(), 'k.lock'), 10_000);
+    try {
+      let fetched = false;
+      const waiting = cache.getOrFetch('k', () => {
+        fetched = true;
+        return 'mine';
+      });
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      await fsp.writeFile(path.join(dirOf(), 'k'), 'theirs');
+      const createdAt = new Date(clock.now()).toISOString();
+      await fsp.writeFile(
+        path.join(dirOf(), 'k.manifest.json'),
+        JSON.stringify({ schema_version: 1, key: 'k', created_at: createdAt, size_bytes: 6 }),
+      );
+      expect(await fsp.readFile(await waiting, 'utf8')).toBe('theirs');
+      expect(fetched).toBe(false);
+      expect(await exists(path.join(dirOf(), 'k.lock', 'owner.json'))).toBe(true);
+    } finally {
+      await held?.release();
+    }
+  });
+
   it('signal aborts a running fetch and leaves no tmp file behind', async () => {
     const cache = cacheWith();
     const controller = new AbortController();

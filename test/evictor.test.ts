@@ -146,3 +146,13 @@ describe('scanSublayer', () => {
     },
   );
 });
+
+describe('lowWaterMark', () => {
+  it('evicts 1 % below keepN once over it, and never below it for small limits', async () => {
+    const { lowWaterMark } = await import('../src/evictor.js');
+    expect(lowWaterMark(10_000)).toBe(9_900);
+    expect(lowWaterMark(150)).toBe(149);
+    expect(lowWaterMark(4)).toBe(4);
+    expect(lowWaterMark(Number.POSITIVE_INFINITY)).toBe(Number.POSITIVE_INFINITY);
+  });
+});
