@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { constants, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -59,3 +59,31 @@ export function manualClock(startMs = Date.parse('2026-01-01T00:00:00Z')) {
  * symlink tests are skipped there for that reason alone.
  */
 export const symlinksNeedPrivilege = process.platform === 'win32';
+
+/**
+ * Wakes every reader blocked opening a FIFO under `dir` (the cache may have renamed the FIFO's directory
+ * aside meanwhile) by opening and closing the write end, until `until` settles and a little after, so
+ * that no thread-pool thread stays blocked once the test ends.
+ */
+export async function releaseFifoReaders(dir: string, until: Promise<unknown>): Promise<void> {
+  let settled = false;
+  void until.finally(() => {
+    settled = true;
+  });
+  const fifosUnder = async (current: string): Promise<string[]> => {
+    const found: string[] = [];
+    for (const entry of await fsp.readdir(current, { withFileTypes: true }).catch(() => [])) {
+      const full = path.join(current, entry.name);
+      if (entry.isFIFO()) found.push(full);
+      else if (entry.isDirectory()) found.push(...(await fifosUnder(full)));
+    }
+    return found;
+  };
+  for (let extraRounds = 10; extraRounds > 0; extraRounds -= settled ? 1 : 0) {
+    for (const fifo of await fifosUnder(dir)) {
+      const writer = await fsp.open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch(() => undefined);
+      await writer?.close();
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}

@@ -1,11 +1,19 @@
 import { execFileSync } from 'node:child_process';
-import { constants, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { backgroundSweep } from '../../src/cache-manager.js';
 import { CacheManager, type FetchContext, PayloadCacheError } from '../../src/index.js';
-import { makeTempDir, manualClock, patternBytes, removeTempDirs, sha256, tmpFilesIn } from '../helpers.js';
+import {
+  makeTempDir,
+  manualClock,
+  patternBytes,
+  releaseFifoReaders,
+  removeTempDirs,
+  sha256,
+  tmpFilesIn,
+} from '../helpers.js';
 import { recordFigures } from './figures.js';
 
 // Scenario 9b, hostile manifests (DESIGN.md section 3 and principle 6). Random bytes, random JSON and
@@ -407,34 +415,6 @@ describe('hostile manifests', () => {
 });
 
 // --- special files planted at the manifest path -------------------------------------------------------
-
-/**
- * Wakes every reader blocked opening a FIFO under `dir` (the cache may have renamed the FIFO's directory
- * aside meanwhile) by opening and closing the write end, until `until` settles and a little after, so
- * that no thread-pool thread stays blocked once the test ends.
- */
-async function releaseFifoReaders(dir: string, until: Promise<unknown>): Promise<void> {
-  let settled = false;
-  void until.finally(() => {
-    settled = true;
-  });
-  const fifosUnder = async (current: string): Promise<string[]> => {
-    const found: string[] = [];
-    for (const entry of await fsp.readdir(current, { withFileTypes: true }).catch(() => [])) {
-      const full = path.join(current, entry.name);
-      if (entry.isFIFO()) found.push(full);
-      else if (entry.isDirectory()) found.push(...(await fifosUnder(full)));
-    }
-    return found;
-  };
-  for (let extraRounds = 10; extraRounds > 0; extraRounds -= settled ? 1 : 0) {
-    for (const fifo of await fifosUnder(dir)) {
-      const writer = await fsp.open(fifo, constants.O_WRONLY | constants.O_NONBLOCK).catch(() => undefined);
-      await writer?.close();
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
 
 describe.skipIf(process.platform === 'win32')('special files at the manifest path', () => {
   it('a FIFO planted at the manifest path is a miss, not a hang', async () => {
