@@ -1,10 +1,10 @@
 import { createHash, type Hash } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
-import path from 'node:path';
-import { raceAbort, sleep } from './abort.js';
+import { raceAbort } from './abort.js';
 import { crashPoint } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
-import { InvalidOptionsError, PayloadCacheError } from './errors.js';
+import { ForeignFileError, InvalidOptionsError } from './errors.js';
+import { describeKind, lstatOrUndefined, removeFile, renameWithRetry } from './file-system.js';
 import type { Body } from './types.js';
 
 // O_EXCL makes the create fail on anything already there, a planted symlink included.
@@ -108,16 +108,15 @@ export class PayloadWriter {
     return stats?.ino === this.#inode;
   }
 
-  /** Publishes the sealed tmp file at `target` by rename, replacing whatever was there. */
+  /**
+   * Publishes the sealed tmp file at `target` by rename, replacing the previous payload (or a symlink or
+   * FIFO planted there: rename replaces the name, never what it points to). A directory there was not made
+   * by the cache, and the cache never deletes what is inside one: {@link ForeignFileError}.
+   */
   async renameTo(target: string): Promise<void> {
-    try {
-      await renameWithRetry(this.tmpPath, target);
-    } catch (error) {
-      // A directory planted at the payload's name: remove it (see removeFile) and publish again.
-      if (!['EISDIR', 'ENOTEMPTY', 'EEXIST'].includes(errorCode(error))) throw error;
-      await removeFile(target);
-      await renameWithRetry(this.tmpPath, target);
-    }
+    const existing = await lstatOrUndefined(target);
+    if (existing?.isDirectory()) throw new ForeignFileError(target, describeKind(existing));
+    await renameWithRetry(this.tmpPath, target);
   }
 
   /** Closes and removes the tmp file; never throws (it runs on error paths). */
@@ -272,15 +271,15 @@ function toBytes(chunk: unknown): Uint8Array {
   throw new InvalidOptionsError(`a body stream yielded a ${typeof chunk}, not bytes`);
 }
 
-/** Writes a small file atomically: exclusive tmp, write, fsync, rename. The caller fsyncs the directory. */
-export async function writeFileAtomic(target: string, data: string | Uint8Array): Promise<void> {
+/** Writes `data` into a fresh, exclusively created tmp file beside `target`, flushed and closed; returns its path. */
+export async function writeTmpFile(target: string, data: string | Uint8Array): Promise<string> {
   const tmpPath = tmpPathFor(target);
   const handle = await fsp.open(tmpPath, EXCLUSIVE_CREATE, 0o644);
   try {
     await handle.writeFile(data);
     await handle.sync();
     await handle.close();
-    await renameWithRetry(tmpPath, target);
+    return tmpPath;
   } catch (error) {
     await handle.close().catch(() => {});
     await removeFile(tmpPath).catch(() => {});
@@ -288,103 +287,15 @@ export async function writeFileAtomic(target: string, data: string | Uint8Array)
   }
 }
 
-// Windows: antivirus and indexers hold a freshly written file for a moment; rename then fails briefly.
-const TRANSIENT_RENAME_CODES = new Set(['EPERM', 'EBUSY', 'EACCES']);
-const RENAME_RETRY_BUDGET_MS = 3_000;
-
-export interface RenameRetryOptions {
-  rename?: (from: string, to: string) => Promise<void>;
-  /** Error codes worth retrying; by default the Windows sharing-violation codes on Windows, none elsewhere. */
-  retryCodes?: ReadonlySet<string>;
-  budgetMs?: number;
-}
-
-/** `rename`, retried with backoff for a bounded time on the transient errors of Windows file sharing. */
-export async function renameWithRetry(
-  from: string,
-  to: string,
-  options: RenameRetryOptions = {},
-): Promise<void> {
-  const rename = options.rename ?? fsp.rename;
-  const retryCodes =
-    options.retryCodes ?? (process.platform === 'win32' ? TRANSIENT_RENAME_CODES : new Set());
-  const deadline = Date.now() + (options.budgetMs ?? RENAME_RETRY_BUDGET_MS);
-  for (let delayMs = 10; ; delayMs = Math.min(delayMs * 2, 250)) {
-    try {
-      return await rename(from, to);
-    } catch (error) {
-      if (!retryCodes.has(errorCode(error)) || Date.now() + delayMs > deadline) throw error;
-      await sleep(delayMs);
-    }
-  }
-}
-
-// File systems that cannot fsync a directory (Windows, some FUSE mounts) say so with one of these.
-const DIR_FSYNC_UNSUPPORTED = new Set(['EISDIR', 'EINVAL', 'ENOTSUP', 'EPERM', 'EBADF', 'EACCES', 'ENOSYS']);
-
-/** Makes renames in `dir` durable: without it a crash can lose an entry that was already returned. */
-export async function fsyncDir(dir: string): Promise<void> {
-  let handle: fsp.FileHandle | undefined;
+/** Writes a small file atomically: exclusive tmp, write, fsync, rename. The caller fsyncs the directory. */
+export async function writeFileAtomic(target: string, data: string | Uint8Array): Promise<void> {
+  const tmpPath = await writeTmpFile(target, data);
   try {
-    handle = await fsp.open(dir, constants.O_RDONLY);
-    await handle.sync();
+    await renameWithRetry(tmpPath, target);
   } catch (error) {
-    if (!DIR_FSYNC_UNSUPPORTED.has(errorCode(error))) throw error;
-  } finally {
-    await handle?.close().catch(() => {});
-  }
-}
-
-/**
- * Removes a file; `false` when it was already gone. A directory planted at one of the cache's own names
- * goes too: the name is ours, and leaving it would block that entry for good.
- */
-export async function removeFile(filePath: string): Promise<boolean> {
-  try {
-    await fsp.unlink(filePath);
-    return true;
-  } catch (error) {
-    const code = errorCode(error);
-    if (code === 'ENOENT') return false;
-    if ((code === 'EISDIR' || code === 'EPERM') && (await fsp.lstat(filePath)).isDirectory()) {
-      await fsp.rm(filePath, { recursive: true, force: true });
-      return true;
-    }
+    await removeFile(tmpPath).catch(() => {});
     throw error;
   }
-}
-
-/**
- * Creates `dir` and its parents. An existing directory is fine, but not a symlink: in a shared cache
- * directory, a planted symlink would send this writer's files outside the cache root.
- */
-export async function ensureRealDir(dir: string): Promise<void> {
-  // A plain mkdir first: a recursive one reports a read-only parent as a misleading ENOENT (Node 20).
-  try {
-    await fsp.mkdir(dir);
-  } catch (error) {
-    if (errorCode(error) === 'ENOENT') {
-      await fsp.mkdir(path.dirname(dir), { recursive: true });
-      await fsp.mkdir(dir).catch(ignoreCode('EEXIST'));
-    } else if (errorCode(error) !== 'EEXIST') throw error;
-  }
-  await assertRealDir(dir);
-}
-
-/**
- * Throws `ERR_UNSAFE_PATH` when `dir` is a symlink: the cache never writes or deletes through one, since
- * in a shared cache directory it may point anywhere (a sweep there would delete a stranger's files).
- */
-export async function assertRealDir(dir: string): Promise<void> {
-  if ((await fsp.lstat(dir)).isSymbolicLink()) {
-    throw new PayloadCacheError('ERR_UNSAFE_PATH', `refusing to work through a symlink: ${dir}`);
-  }
-}
-
-function ignoreCode(code: string) {
-  return (error: unknown) => {
-    if (errorCode(error) !== code) throw error;
-  };
 }
 
 /** Adds the file's path to a system error that lacks one (`write` errors such as ENOSPC name none). */
@@ -395,8 +306,4 @@ function withPath(error: unknown, filePath: string): unknown {
     errno.message = `${errno.message} '${filePath}'`;
   }
   return error;
-}
-
-export function errorCode(error: unknown): string {
-  return (error as NodeJS.ErrnoException | undefined)?.code ?? '';
 }

@@ -1,33 +1,30 @@
 import { raceAbort } from './abort.js';
-import { assertRealDir, ensureRealDir, errorCode, PayloadWriter, removeFile } from './atomic-writer.js';
+import { PayloadWriter } from './atomic-writer.js';
 import { resolveRoot } from './cache-root.js';
 import { crashPoint } from './crash-points.js';
 import { type EntryPaths, entryPaths, sublayerDir, validateKey } from './entry-paths.js';
 import {
   commitEntry,
   type EntryState,
+  isCacheRoot,
   lookupEntry,
+  removeEntry,
   renewEntry,
+  retireManifest,
   touchEntry,
   writeCacheDirTag,
 } from './entry-store.js';
-import { InvalidKeyError, InvalidOptionsError } from './errors.js';
-import {
-  clearSublayer,
-  evict,
-  listEntries,
-  prune,
-  removeEntry,
-  type SublayerPolicy,
-  sweepOrphans,
-  verifySublayer,
-} from './evictor.js';
+import { InvalidKeyError, InvalidOptionsError, NotCacheRootError } from './errors.js';
+import { evict } from './evictor.js';
 import { asFetchedBody, checkIntegrity, runValidator } from './fetch-result.js';
+import { ensureRealDir, isRealDir } from './file-system.js';
 import { FlightTable } from './flight.js';
+import { carryOut, planClear, planPrune, planSweep, type SublayerPolicy, verifySublayer } from './janitor.js';
 import type { Freshness } from './manifest.js';
 import { type CacheStats, Observer } from './observability.js';
 import { type CacheManagerOptions, resolveSettings, type Settings, validateFetchArgs } from './options.js';
 import { tryLock, waitForLock } from './soft-lock.js';
+import { listEntries } from './sublayer-scan.js';
 import {
   type EntryInfo,
   type FetchContext,
@@ -35,6 +32,7 @@ import {
   type FetchFn,
   type FetchResult,
   type GetOrFetchOptions,
+  type JanitorPlan,
   NOT_MODIFIED,
   type PruneReport,
   type VerifyReport,
@@ -251,17 +249,16 @@ export class CacheManager {
     return paths.payload;
   }
 
-  /** The path of a fresh entry, or `undefined`; never fetches. Counts as a use. */
+  /** The path of a fresh entry, or `undefined`; never fetches, never deletes. Counts as a use. */
   async get(key: string): Promise<string | undefined> {
     validateKey(key);
     const scope = this.#scope();
-    this.#sweepOnce(scope);
     const paths = entryPaths(scope.dir, key);
     const found = await lookupEntry(paths, scope.freshness);
     return found.state === 'fresh' ? this.#serve(paths, found, scope) : undefined;
   }
 
-  /** Whether a fresh entry exists (`get()` would return a path). Does not count as a use. */
+  /** Whether a fresh entry exists (`get()` would return a path). Changes nothing: not even a use. */
   async has(key: string): Promise<boolean> {
     validateKey(key);
     const scope = this.#scope();
@@ -270,14 +267,16 @@ export class CacheManager {
 
   /**
    * Removes the entry for `key`; `true` if there was one. If a writer holds the key's lock, only the
-   * manifest goes (the key is a miss at once), and that writer may publish afterwards.
+   * manifest goes (the key is a miss at once), and that writer may publish afterwards. Files at the key's
+   * names that the cache did not write (a directory, say) are left alone: ForeignFileError.
    */
   async delete(key: string): Promise<boolean> {
     validateKey(key);
     const paths = entryPaths(this.#scope().dir, key);
     if (!(await isRealDir(paths.dir))) return false;
     const held = await tryLock(paths.lock, this.#settings.lockStaleMs).catch(() => undefined);
-    if (!held) return removeFile(paths.manifest);
+    // The payload stays for the writer; the retired manifest left beside it proves it is ours to sweep.
+    if (!held) return (await retireManifest(paths.manifest)) !== undefined;
     try {
       return await removeEntry(paths);
     } finally {
@@ -288,28 +287,57 @@ export class CacheManager {
   /**
    * Makes every key a miss: removes every committed entry and every orphan, but never a lock held by a
    * live process nor a tmp file younger than `staleTmpMs`. A writer already in flight may publish afterwards.
+   * Only in a cache root (one with payload-cache's CACHEDIR.TAG): elsewhere NotCacheRootError.
    */
-  async clear(): Promise<void> {
-    await clearSublayer(this.#policy(this.#scope()));
+  async clear(): Promise<PruneReport> {
+    return this.carryOut(await this.planClear());
   }
 
-  /** Removes expired entries and orphans, then evicts down to `keepN`/`maxBytes`; reports each removal. */
+  /**
+   * Removes expired entries and orphans, then evicts down to `keepN`/`maxBytes`; reports each removal and
+   * everything it left alone. Only in a cache root: elsewhere NotCacheRootError.
+   */
   async prune(): Promise<PruneReport> {
-    const report = await prune(this.#policy(this.#scope()));
+    return this.carryOut(await this.planPrune());
+  }
+
+  /**
+   * What `prune()` would remove now, and what it would keep, without changing anything (a dry run). Pass the
+   * plan to {@link CacheManager.carryOut} to remove exactly that.
+   */
+  async planPrune(): Promise<JanitorPlan> {
+    return planPrune(await this.#janitorPolicy());
+  }
+
+  /** What `clear()` would remove now, without changing anything; {@link CacheManager.carryOut} does it. */
+  async planClear(): Promise<JanitorPlan> {
+    return planClear(await this.#janitorPolicy());
+  }
+
+  /**
+   * Removes exactly what `plan` lists and nothing else, each item only if it is still as the plan saw it
+   * (same manifest, same size, and for expiry and eviction no use since); the rest is reported as kept.
+   */
+  async carryOut(plan: JanitorPlan): Promise<PruneReport> {
+    const report = await carryOut(await this.#janitorPolicy(), plan);
     this.#observer.evicted(report.removed.filter((item) => item.reason === 'evicted'));
     return report;
   }
 
-  /** Committed entries (fresh and expired), most recently used first. */
+  /** Committed entries (fresh and expired), most recently used first. Changes nothing. */
   async list(): Promise<EntryInfo[]> {
     const scope = this.#scope();
-    this.#sweepOnce(scope);
     return listEntries(scope.dir, scope.freshness);
   }
 
-  /** Re-hashes every payload against its manifest; `fix` removes bad entries and old orphans. */
+  /**
+   * Re-hashes every payload against its manifest; `fix` removes bad entries and orphans (only in a cache
+   * root: elsewhere NotCacheRootError). Without `fix` it changes nothing.
+   */
   async verify(options: { fix?: boolean } = {}): Promise<VerifyReport> {
-    return verifySublayer(this.#policy(this.#scope()), options.fix === true);
+    const fix = options.fix === true;
+    const policy = fix ? await this.#janitorPolicy() : this.#policy(this.#scope());
+    return verifySublayer(policy, fix);
   }
 
   #now(): number {
@@ -326,6 +354,14 @@ export class CacheManager {
       nowMs,
       freshness: { ttlMs: ttl, maxClockSkewMs, nowMs },
     };
+  }
+
+  /** The policy for a janitor that deletes: refused unless the root is marked as a payload-cache root. */
+  async #janitorPolicy(): Promise<SublayerPolicy> {
+    const scope = this.#scope();
+    if ((await isRealDir(scope.dir)) && !(await isCacheRoot(scope.root)))
+      throw new NotCacheRootError(scope.root);
+    return this.#policy(scope);
   }
 
   #policy(scope: Scope): SublayerPolicy {
@@ -347,12 +383,19 @@ export class CacheManager {
     await writeCacheDirTag(root);
   }
 
-  /** Once per manager and directory, sweep orphans in the background; it never delays or fails an operation. */
+  /**
+   * Once per manager and directory, sweep orphans in the background (only in a marked cache root); it never
+   * delays or fails an operation.
+   */
   #sweepOnce(scope: Scope): void {
     if (this.#sweptDirs.has(scope.dir)) return;
     this.#sweptDirs.add(scope.dir);
     this[backgroundSweep] = new Promise<void>((resolve) => setImmediate(resolve))
-      .then(() => sweepOrphans({ ...this.#policy(this.#scope()), dir: scope.dir }))
+      .then(async () => {
+        if (!(await isCacheRoot(scope.root))) return;
+        const policy = { ...this.#policy(this.#scope()), dir: scope.dir };
+        await carryOut(policy, await planSweep(policy));
+      })
       .then(
         () => {},
         () => {},
@@ -366,14 +409,3 @@ function isUsageError(error: unknown): boolean {
 }
 
 export type { CacheManagerOptions };
-
-/** `false` for a missing directory; rejects with ERR_UNSAFE_PATH for a symlink. */
-async function isRealDir(dir: string): Promise<boolean> {
-  return assertRealDir(dir).then(
-    () => true,
-    (error: unknown) => {
-      if (errorCode(error) === 'ENOENT') return false;
-      throw error;
-    },
-  );
-}

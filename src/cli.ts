@@ -13,13 +13,13 @@ import {
   type Io,
   parseCommandArgs,
 } from './cli/command.js';
-import { InterruptedError, UsageError } from './cli/errors.js';
+import { formatError, InterruptedError, UsageError } from './cli/errors.js';
 import { fetchCommand } from './cli/fetch.js';
 import { infoCommand } from './cli/info.js';
 import { lsCommand } from './cli/ls.js';
 import { pruneCommand } from './cli/prune.js';
 import { verifyCommand } from './cli/verify.js';
-import { InvalidKeyError, PayloadCacheError } from './index.js';
+import { InvalidKeyError, NotCacheRootError } from './index.js';
 
 const COMMANDS: readonly Command[] = [
   lsCommand,
@@ -106,17 +106,16 @@ function commandHelp(command: Command): string {
  */
 function report(error: unknown, name: string | undefined, debug: boolean, io: Io): number {
   const usage = error instanceof UsageError || error instanceof InvalidKeyError;
-  const code = usage ? EXIT_USAGE : error instanceof InterruptedError ? EXIT_INTERRUPTED : EXIT_ERROR;
+  // A root without payload-cache's marker is the wrong directory on the command line: nothing was changed.
+  const refused = usage || error instanceof NotCacheRootError;
+  const code = refused ? EXIT_USAGE : error instanceof InterruptedError ? EXIT_INTERRUPTED : EXIT_ERROR;
   const command = name !== undefined && COMMANDS.some((c) => c.name === name) ? ` ${name}` : '';
   if (debug) {
     io.err(`payload-cache${command}: ${inspect(error, { depth: 6 })}`);
     return code;
   }
-  let message = error instanceof Error ? error.message : String(error);
-  if (error instanceof PayloadCacheError) message += ` [${error.code}]`;
-  if (usage) message += ` (see: payload-cache${command} --help)`;
-  // Messages that quote file contents or server text may hold newlines; the report stays one line.
-  io.err(`payload-cache${command}: ${message.replace(/\s*\n\s*/g, ' ')}`);
+  const hint = usage ? ` (see: payload-cache${command} --help)` : '';
+  io.err(`payload-cache${command}: ${formatError(error)}${hint}`);
   return code;
 }
 
@@ -127,20 +126,39 @@ function packageVersion(): string {
   return manifest.version;
 }
 
-/** stdout and stderr of this process; prompts read one line from stdin. */
+/**
+ * stdout and stderr of this process; prompts read one line from stdin. Output into a pipe that closed
+ * (`payload-cache ls | head -2`) is dropped quietly: the command still finishes and exits as it would.
+ */
 function processIo(): Io {
+  const closed = new Set<NodeJS.WriteStream>();
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (error: NodeJS.ErrnoException) => {
+      if (error.code !== 'EPIPE') throw error;
+      closed.add(stream);
+    });
+  }
+  const writer = (stream: NodeJS.WriteStream) => (line: string) => {
+    if (!closed.has(stream)) stream.write(`${line}\n`);
+  };
   return {
-    out: (line) => process.stdout.write(`${line}\n`),
-    err: (line) => process.stderr.write(`${line}\n`),
+    out: writer(process.stdout),
+    err: writer(process.stderr),
     stdinIsTTY: process.stdin.isTTY === true,
     stderr: process.stderr,
     ask: (question) =>
-      new Promise((resolve) => {
+      new Promise((resolve, reject) => {
         const prompt = createInterface({ input: process.stdin, output: process.stderr });
         let answer = '';
-        prompt.once('close', () => resolve(answer));
-        // Ctrl-C at the prompt declines, like an empty answer.
-        prompt.once('SIGINT', () => prompt.close());
+        let interrupted = false;
+        prompt.once('close', () =>
+          interrupted ? reject(new InterruptedError('nothing was removed')) : resolve(answer),
+        );
+        prompt.once('SIGINT', () => {
+          interrupted = true;
+          process.stderr.write('\n');
+          prompt.close();
+        });
         prompt.question(question, (line) => {
           answer = line;
           prompt.close();

@@ -109,8 +109,12 @@ export type NameKind =
   | { kind: 'tmp' }
   | { kind: 'foreign' };
 
+// What tmpPathFor appends: `.tmp.<host>.<pid>.<16 hex digits>`. A name that merely contains `.tmp.` is not ours.
+const TMP_TAIL = /\.tmp\.[A-Za-z0-9_-]{1,63}\.\d{1,10}\.[0-9a-f]{16}$/;
+
 export function classifyName(name: string): NameKind {
-  if (name.toLowerCase().includes(TMP_MARKER)) return { kind: 'tmp' };
+  if (name.toLowerCase().includes(TMP_MARKER))
+    return TMP_TAIL.test(name) ? { kind: 'tmp' } : { kind: 'foreign' };
   if (name.endsWith(MANIFEST_SUFFIX)) return asKey(name.slice(0, -MANIFEST_SUFFIX.length), 'manifest');
   if (name.endsWith(LOCK_SUFFIX)) return asKey(name.slice(0, -LOCK_SUFFIX.length), 'lock');
   return asKey(name, 'payload');

@@ -1,17 +1,30 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { errorCode, fsyncDir, type PayloadWriter, removeFile, writeFileAtomic } from './atomic-writer.js';
+import { type PayloadWriter, writeFileAtomic, writeTmpFile } from './atomic-writer.js';
 import { crashPoint } from './crash-points.js';
-import { CACHEDIR_TAG, type EntryPaths } from './entry-paths.js';
+import { CACHEDIR_TAG, type EntryPaths, tmpPathFor } from './entry-paths.js';
+import { ForeignFileError } from './errors.js';
+import {
+  describeKind,
+  errorCode,
+  fsyncDir,
+  lstatOrUndefined,
+  removeFile,
+  renameWithRetry,
+} from './file-system.js';
 import {
   describesKey,
   type Freshness,
   isExpired,
   type Manifest,
+  manifestText,
+  parseManifest,
   readManifest,
+  readManifestText,
   SCHEMA_VERSION,
   writeManifest,
 } from './manifest.js';
+import { whileLocked } from './soft-lock.js';
 
 /** One entry as found on disk: committed and fresh, committed but expired, or absent (a miss). */
 export type EntryState =
@@ -63,10 +76,13 @@ export interface PayloadFacts {
 }
 
 /**
- * Commits a sealed payload (DESIGN.md principle 2): remove the old manifest, so that no manifest ever
- * describes bytes it was not written for; rename the payload into place; write the new manifest
- * atomically; fsync the directory. A crash at any point leaves the old entry, the new one, or an orphan
- * payload without manifest, which is a miss and gets swept.
+ * Commits a sealed payload (DESIGN.md principle 2). The new manifest is written first under a tmp name: it
+ * is no manifest yet, but should we crash after the payload's rename it proves that the lone payload is
+ * ours, so a sweep may remove it. Then: retire the old manifest (renamed aside, so that no manifest ever
+ * describes bytes it was not written for, and so that it still proves the old payload is ours); rename the
+ * payload into place; rename the new manifest into place; fsync the directory. A crash at any point leaves
+ * the old entry, the new one, or a lone payload beside a record that proves it, which is a miss and gets
+ * swept.
  */
 export async function commitEntry(
   paths: EntryPaths,
@@ -82,19 +98,63 @@ export async function commitEntry(
     etag: facts.etag,
     last_modified: facts.lastModified,
   };
-  await removeFile(paths.manifest);
-  await crashPoint('manifest-removed');
-  await writer.renameTo(paths.payload);
+  const pendingManifest = await writeTmpFile(paths.manifest, manifestText(manifest));
+  let retired: string | undefined;
+  try {
+    retired = await retireManifest(paths.manifest);
+    await crashPoint('manifest-removed');
+    await writer.renameTo(paths.payload);
+  } catch (error) {
+    await removeFile(pendingManifest).catch(() => {});
+    throw error;
+  }
+  // From here on a failure leaves the pending manifest in place: it is what proves the payload is ours.
   await crashPoint('renamed');
-  await writeManifest(paths.manifest, manifest);
+  await renameWithRetry(pendingManifest, paths.manifest);
   await crashPoint('manifest-written');
   // Only a lock that failed open lets another writer rename its payload over ours in between; our manifest
-  // would then describe its bytes. Withdrawing it leaves a miss, and that writer's own manifest (written
-  // after its rename) restores the entry.
+  // would then describe its bytes. Withdrawing it leaves a miss, and that writer's own manifest (renamed
+  // into place after its payload) restores the entry.
   if (!(await writer.isPublishedAt(paths.payload))) await removeFile(paths.manifest);
   await writer.close();
   await fsyncDir(paths.dir);
+  if (retired) await removeFile(retired).catch(() => {});
   return manifest;
+}
+
+/**
+ * Renames the manifest aside to a tmp name (a tombstone) and returns that name; `undefined` when there was
+ * none. The key is a miss from then on, and the tombstone still proves that the payload beside it was
+ * written by the cache. A symlink or FIFO planted at the name is unlinked (that loses no data); a
+ * directory is not ours to remove: ForeignFileError.
+ */
+export async function retireManifest(manifestPath: string): Promise<string | undefined> {
+  const stats = await lstatOrUndefined(manifestPath);
+  if (!stats) return undefined;
+  if (stats.isDirectory()) throw new ForeignFileError(manifestPath, describeKind(stats));
+  try {
+    if (!stats.isFile()) {
+      await fsp.unlink(manifestPath);
+      return undefined;
+    }
+    const tombstone = tmpPathFor(manifestPath);
+    await renameWithRetry(manifestPath, tombstone);
+    return tombstone;
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') return undefined;
+    throw error;
+  }
+}
+
+/**
+ * Removes one entry: manifest first (retired), then payload, then the tombstone. A crash in between leaves a
+ * lone payload beside its tombstone, a miss that the sweep can prove is ours. `true` if anything was there.
+ */
+export async function removeEntry(paths: EntryPaths): Promise<boolean> {
+  const tombstone = await retireManifest(paths.manifest);
+  const hadPayload = await removeFile(paths.payload);
+  if (tombstone) await removeFile(tombstone);
+  return tombstone !== undefined || hadPayload;
 }
 
 /** Renews an entry the origin confirmed unchanged: a new `created_at`, every other field kept. */
@@ -104,10 +164,24 @@ export async function renewEntry(paths: EntryPaths, previous: Manifest, nowMs: n
   await touchEntry(paths, 0, nowMs, 0);
 }
 
+const CACHEDIR_TAG_SIGNATURE = 'Signature: 8a477f597d28d172789f06886806bc55';
+const CACHEDIR_TAG_CREATOR = 'created by payload-cache.';
 const CACHEDIR_TAG_TEXT =
-  'Signature: 8a477f597d28d172789f06886806bc55\n' +
-  '# This file is a cache directory tag created by payload-cache.\n' +
+  `${CACHEDIR_TAG_SIGNATURE}\n` +
+  `# This file is a cache directory tag ${CACHEDIR_TAG_CREATOR}\n` +
   '# For information about cache directory tags, see https://bford.info/cachedir/\n';
+
+/**
+ * Whether `root` carries the CACHEDIR.TAG that payload-cache writes: the proof that the directory is a cache
+ * root, which every command that deletes in bulk requires.
+ */
+export async function isCacheRoot(root: string): Promise<boolean> {
+  const tagPath = path.join(root, CACHEDIR_TAG);
+  const stats = await lstatOrUndefined(tagPath).catch(() => undefined);
+  if (!stats?.isFile() || stats.size > 4096) return false;
+  const text = await fsp.readFile(tagPath, 'utf8').catch(() => '');
+  return text.startsWith(CACHEDIR_TAG_SIGNATURE) && text.includes(CACHEDIR_TAG_CREATOR);
+}
 
 /**
  * Writes `<root>/CACHEDIR.TAG` so backup tools skip the cache. Best-effort by design: two hosts creating it
@@ -121,4 +195,57 @@ export async function writeCacheDirTag(root: string): Promise<void> {
   } catch (error) {
     if (errorCode(error) === 'ENOENT') await writeFileAtomic(tagPath, CACHEDIR_TAG_TEXT).catch(() => {});
   }
+}
+
+/** What an entry looked like when a janitor decided to remove it. */
+export interface SeenEntry {
+  /** The manifest's exact text; without it, any valid manifest for the key and payload size will do. */
+  readonly manifestText?: string;
+  readonly sizeBytes: number;
+  /** The payload's mtime (last use) then; required unchanged, and outside the window, when given. */
+  readonly lastUsedAtMs?: number;
+  /** With `lastUsedAtMs`: entries used within this window of `nowMs` stay. */
+  readonly inUseWindowMs?: number;
+  readonly nowMs?: number;
+}
+
+export type RemovalOutcome = 'removed' | 'locked' | 'changed' | 'recently-used';
+
+/**
+ * Removes an entry only if it is still the one a janitor saw, checked under the entry's lock just before
+ * acting: the same manifest (or, without one to compare, a valid manifest for this key and size), the same
+ * payload size and, for removals that depend on disuse, no use since. A janitor thus never removes an entry
+ * republished, renewed or used after it looked.
+ */
+export async function removeEntryIfUnchanged(
+  paths: EntryPaths,
+  seen: SeenEntry,
+  lockStaleMs: number,
+): Promise<RemovalOutcome> {
+  const outcome = await whileLocked(paths.lock, lockStaleMs, async (): Promise<RemovalOutcome> => {
+    const [stats, text] = await Promise.all([
+      lstatOrUndefined(paths.payload),
+      readManifestText(paths.manifest),
+    ]);
+    if (!stats?.isFile() || stats.size !== seen.sizeBytes || text === undefined) return 'changed';
+    if (
+      seen.manifestText !== undefined
+        ? text !== seen.manifestText
+        : !describesEntry(text, paths.key, stats.size)
+    )
+      return 'changed';
+    if (seen.lastUsedAtMs !== undefined) {
+      if (stats.mtimeMs > (seen.nowMs ?? Date.now()) - (seen.inUseWindowMs ?? 0)) return 'recently-used';
+      if (stats.mtimeMs !== seen.lastUsedAtMs) return 'changed';
+    }
+    await removeEntry(paths);
+    return 'removed';
+  });
+  return outcome ?? 'locked';
+}
+
+/** Whether manifest text is a valid manifest for `key` that gives exactly `sizeBytes`. */
+export function describesEntry(text: string, key: string, sizeBytes: number): boolean {
+  const manifest = parseManifest(text);
+  return manifest !== undefined && describesKey(manifest, key) && manifest.size_bytes === sizeBytes;
 }

@@ -74,6 +74,44 @@ export class InvalidOptionsError extends PayloadCacheError {
   }
 }
 
+/**
+ * Something the cache did not write stands at one of its names (a directory where a payload, manifest or
+ * lock belongs, a FIFO, a lock directory holding files of someone else's). The cache never deletes what it
+ * cannot prove it wrote, so the operation stops here and the object is left as it is: remove it yourself.
+ */
+export class ForeignFileError extends PayloadCacheError {
+  /** Absolute path of the object in the way. */
+  readonly path: string;
+
+  constructor(filePath: string, what: string) {
+    super(
+      'ERR_FOREIGN_FILE',
+      `${what} that payload-cache did not create is in the way at ${filePath}; it was left untouched ` +
+        '(remove or rename it yourself)',
+    );
+    this.path = filePath;
+  }
+}
+
+/**
+ * `prune()`, `clear()` and `verify({ fix: true })` act only on a cache root that carries payload-cache's
+ * own `CACHEDIR.TAG` (written by the first write into that root), so that pointing them at the wrong
+ * directory cannot delete anything there.
+ */
+export class NotCacheRootError extends PayloadCacheError {
+  /** The directory that has no payload-cache marker. */
+  readonly root: string;
+
+  constructor(root: string) {
+    super(
+      'ERR_NOT_CACHE_ROOT',
+      `${root} is not a payload-cache root (it has no CACHEDIR.TAG written by payload-cache); ` +
+        'refusing to delete anything there',
+    );
+    this.root = root;
+  }
+}
+
 function describe(value: unknown): string {
   if (typeof value !== 'string') return `(${value === null ? 'null' : typeof value})`;
   const shown = value.length > 60 ? `${value.slice(0, 60)}...` : value;

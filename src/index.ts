@@ -6,6 +6,7 @@ export {
   InvalidKeyError,
   InvalidOptionsError,
   LockTimeoutError,
+  NotCacheRootError,
   PayloadCacheError,
 } from './errors.js';
 export { type HttpFetcherOptions, type HttpProgress, HttpStatusError, httpFetcher } from './http-fetcher.js';
@@ -19,9 +20,14 @@ export {
   type FetchedBody,
   type FetchFn,
   type FetchResult,
+  type ForeignItem,
+  type ForeignReason,
   type GetOrFetchOptions,
+  type JanitorPlan,
+  type KeptItem,
   NOT_MODIFIED,
   type PayloadInfo,
+  type PlannedRemoval,
   type PruneReport,
   type RemovalReason,
   type ReportItem,

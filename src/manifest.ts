@@ -97,6 +97,23 @@ export async function readManifest(manifestPath: string): Promise<Manifest | und
   }
 }
 
+/**
+ * The manifest file's exact text (for "is it still the manifest I saw?"): `undefined` when nothing is there,
+ * '' when what is there cannot be a manifest (unreadable, not a regular file, oversized). Never throws.
+ */
+export async function readManifestText(manifestPath: string): Promise<string | undefined> {
+  let handle: fsp.FileHandle | undefined;
+  try {
+    handle = await fsp.open(manifestPath, READ_FLAGS);
+    if (!(await handle.stat()).isFile()) return '';
+    return await readUpTo(handle, MAX_MANIFEST_BYTES);
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'ENOENT' ? undefined : '';
+  } finally {
+    await handle?.close().catch(() => {});
+  }
+}
+
 /** The whole file as text if it has at most `maxBytes`; otherwise '' (which parses as a miss). */
 async function readUpTo(handle: fsp.FileHandle, maxBytes: number): Promise<string> {
   const buffer = Buffer.allocUnsafe(maxBytes + 1);
@@ -109,9 +126,14 @@ async function readUpTo(handle: fsp.FileHandle, maxBytes: number): Promise<strin
   return length > maxBytes ? '' : buffer.toString('utf8', 0, length);
 }
 
+/** The bytes of a manifest file. */
+export function manifestText(manifest: Manifest): string {
+  return `${JSON.stringify(manifest)}\n`;
+}
+
 /** Writes a manifest atomically (tmp, fsync, rename); the caller fsyncs the directory. */
 export async function writeManifest(manifestPath: string, manifest: Manifest): Promise<void> {
-  await writeFileAtomic(manifestPath, `${JSON.stringify(manifest)}\n`);
+  await writeFileAtomic(manifestPath, manifestText(manifest));
 }
 
 export interface Freshness {

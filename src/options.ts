@@ -31,7 +31,7 @@ export interface CacheManagerOptions {
   touchIntervalMs?: number;
   /** Entries used within `touchIntervalMs + evictionGraceMs` are never evicted. Default 10,000. */
   evictionGraceMs?: number;
-  /** A `created_at` further than this in the future counts as expired. Default 300,000. */
+  /** A `created_at` further than this in the future counts as expired; `Infinity` never. Default 300,000. */
   maxClockSkewMs?: number;
   /** Clock in ms since the epoch, for tests. Default `Date.now`. */
   now?: () => number;
@@ -74,7 +74,7 @@ const RULES: Record<Exclude<keyof CacheManagerOptions, 'sublayer'>, Rule> = {
   staleTmpMs: finiteNonNegative,
   touchIntervalMs: finiteNonNegative,
   evictionGraceMs: finiteNonNegative,
-  maxClockSkewMs: finiteNonNegative,
+  maxClockSkewMs: nonNegative,
   now: (v) => (typeof v === 'function' ? undefined : 'a function returning ms since the epoch'),
 };
 

@@ -4,10 +4,10 @@ import { hostname } from 'node:os';
 import path from 'node:path';
 import lockfile from 'proper-lockfile';
 import { sleep } from './abort.js';
-import { errorCode } from './atomic-writer.js';
 import { lockFailsOpen } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
-import { LockTimeoutError } from './errors.js';
+import { ForeignFileError, LockTimeoutError } from './errors.js';
+import { describeKind, errorCode } from './file-system.js';
 
 /**
  * The soft lock that keeps processes and hosts from downloading the same key twice. It is an
@@ -96,6 +96,21 @@ export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLo
     // Our fresh directory vanished under us (a takeover judged it stale): we simply did not get the lock.
     if (errorCode(error) === 'ENOENT' && state.madeDir) return undefined;
     throw error;
+  }
+}
+
+/** Runs `action` holding the lock; `undefined` (and nothing run) when someone else holds it. */
+export async function whileLocked<T>(
+  lockPath: string,
+  staleMs: number,
+  action: () => Promise<T>,
+): Promise<T | undefined> {
+  const held = await tryLock(lockPath, staleMs);
+  if (!held) return undefined;
+  try {
+    return await action();
+  } finally {
+    await held.release();
   }
 }
 
@@ -341,12 +356,11 @@ async function breakStaleLock(
   judged: Heartbeat | undefined,
   staleMs: number,
 ): Promise<void> {
-  // Something planted at the lock's name that is not a directory (a symlink, perhaps to a victim
-  // directory): unlink it without ever looking inside. unlink cannot remove a real lock directory.
-  if (!(await fs.promises.lstat(lockPath)).isDirectory()) {
-    await fs.promises.unlink(lockPath);
-    return;
-  }
+  // Something at the lock's name that the cache did not make (a file, a symlink, a directory of someone
+  // else's files) is nobody's lock: it is never entered, never removed, and the caller hears why.
+  const stats = await fs.promises.lstat(lockPath);
+  if (!stats.isDirectory()) throw new ForeignFileError(lockPath, describeKind(stats));
+  if (!(await isOwnLockDir(lockPath))) throw new ForeignFileError(lockPath, 'a directory of other files');
   const breaker = path.join(lockPath, BREAKER_DIR);
   if (!(await claimBreaker(breaker, staleMs))) throw lockedError('another waiter is taking this lock over');
   const current = await readHeartbeat(lockPath).catch(() => undefined);
@@ -414,7 +428,39 @@ async function removeOwnLock(lockPath: string, token: string): Promise<void> {
 async function discardLockDir(lockPath: string): Promise<void> {
   const aside = tmpPathFor(lockPath);
   await fs.promises.rename(lockPath, aside);
-  await fs.promises.rm(aside, { recursive: true, force: true }).catch(() => {});
+  await removeLockDir(aside).catch(() => false);
+}
+
+// A client of a network or FUSE file system renames a removed file that is still open to one of these.
+const SILLY_RENAME = /^\.(nfs|fuse_hidden)[0-9A-Za-z]+$/;
+
+/** Whether every name in a lock directory is one the cache puts there (so it may remove the directory). */
+function isOwnLockContent(names: readonly string[]): boolean {
+  return names.every((name) => name === OWNER_FILE || name === BREAKER_DIR || SILLY_RENAME.test(name));
+}
+
+/** Whether `dir` holds only what a lock of the cache holds: its owner file, a breaker, silly renames. */
+export async function isOwnLockDir(dir: string): Promise<boolean> {
+  return isOwnLockContent(await fs.promises.readdir(dir));
+}
+
+/**
+ * Removes a lock directory of the cache's (in place or renamed aside) name by name, never recursively: only
+ * the owner file, the breaker directory and silly renames of the owner file. Anything else inside means
+ * it is not ours, and it stays. `false` when it could not be removed (yet): a silly rename goes away only
+ * once its last reader closes it, and the sweep tries again later.
+ */
+export async function removeLockDir(dir: string): Promise<boolean> {
+  const names = await fs.promises.readdir(dir);
+  if (!isOwnLockContent(names)) return false;
+  for (const name of names) {
+    const inside = path.join(dir, name);
+    await (name === BREAKER_DIR ? fs.promises.rmdir(inside) : fs.promises.unlink(inside)).catch(() => {});
+  }
+  return fs.promises.rmdir(dir).then(
+    () => true,
+    () => false,
+  );
 }
 
 function removeOwnLockSync(lockPath: string, token: string): void {
@@ -423,6 +469,13 @@ function removeOwnLockSync(lockPath: string, token: string): void {
     if (owner?.token !== token) return;
     const aside = tmpPathFor(lockPath);
     fs.renameSync(lockPath, aside);
-    fs.rmSync(aside, { recursive: true, force: true });
+    const names = fs.readdirSync(aside);
+    if (!isOwnLockContent(names)) return;
+    for (const name of names) {
+      const inside = path.join(aside, name);
+      if (name === BREAKER_DIR) fs.rmdirSync(inside);
+      else fs.unlinkSync(inside);
+    }
+    fs.rmdirSync(aside);
   } catch {}
 }

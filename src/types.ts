@@ -131,20 +131,77 @@ export interface ReportItem {
   reason: RemovalReason;
 }
 
-/** What `prune()` did. */
+/**
+ * Why something in a sublayer is "foreign": the cache cannot prove it wrote it, so no janitor deletes it.
+ * - `unknown-name`: a name the cache never gives a file (`notes.txt.bak~` is fine as a key, `.hidden` is not).
+ * - `not-a-regular-file`: a directory, symlink, FIFO or device where the cache keeps regular files
+ *   (payload, manifest, tmp file), or something other than a directory at a lock's name.
+ * - `unproven-payload`: a file named like a payload with no manifest and no record the cache left for it.
+ * - `invalid-manifest`: a file named like a manifest that is not a payload-cache manifest.
+ * - `foreign-lock`: a directory named like a lock that holds files the cache never puts there.
+ */
+export type ForeignReason =
+  | 'unknown-name'
+  | 'not-a-regular-file'
+  | 'unproven-payload'
+  | 'invalid-manifest'
+  | 'foreign-lock';
+
+/** Something in a sublayer the cache did not write: reported, never deleted. */
+export interface ForeignItem {
+  /** Absolute path. */
+  path: string;
+  /** Why the cache does not count it as its own. */
+  reason: ForeignReason;
+}
+
+/** An entry a janitor left in place, and why. */
+export interface KeptItem {
+  /** The entry's key. */
+  key: string;
+  /**
+   * `locked`: someone else holds its lock; `recently-used`: used within `touchIntervalMs +
+   * evictionGraceMs`; `just-written`: the key whose write triggered the eviction; `changed`: it is no longer
+   * what the plan saw (republished, renewed, used or replaced since), so the plan no longer covers it.
+   */
+  reason: 'locked' | 'recently-used' | 'just-written' | 'changed';
+}
+
+/** One removal a plan ({@link JanitorPlan}) will carry out if the file is still as it was seen. */
+export interface PlannedRemoval {
+  /** The entry's key, when the file belongs to one. */
+  key?: string;
+  /** Absolute path of the payload (for entries) or of the file or directory itself. */
+  path: string;
+  /** Why it goes. */
+  reason: RemovalReason;
+  /** Payload bytes that go with it (0 for tmp files, manifests and locks). */
+  sizeBytes: number;
+  /** For entries: their last recorded use. */
+  lastUsedAt?: Date;
+}
+
+/**
+ * What `planPrune()` or `planClear()` found: what would go, what stays and why, and what is foreign.
+ * Nothing was changed to make it. `carryOut(plan)` removes exactly these items and nothing else, each only
+ * if it is still as it was seen.
+ */
+export interface JanitorPlan {
+  /** The sublayer directory the plan was made for. */
+  readonly dir: string;
+  readonly remove: readonly PlannedRemoval[];
+  readonly kept: readonly KeptItem[];
+  readonly foreign: readonly ForeignItem[];
+}
+
+/** What `prune()`, `clear()` or `carryOut()` did. */
 export interface PruneReport {
   /** Files and directories removed, each with its reason. */
   removed: ReportItem[];
-  /** Entries left although they are over `keepN`/`maxBytes`, because they are in use or locked. */
-  kept: {
-    /** The entry's key. */
-    key: string;
-    /**
-     * `locked`: someone else holds its lock; `recently-used`: used within
-     * `touchIntervalMs + evictionGraceMs`; `just-written`: the key whose write triggered the eviction.
-     */
-    reason: 'locked' | 'recently-used' | 'just-written';
-  }[];
+  /** Entries left in place although expired, over `keepN`/`maxBytes` or planned: in use, locked or changed. */
+  kept: KeptItem[];
+  /** What the cache did not write; left untouched. */
+  foreign: ForeignItem[];
 }
 
 /** What `verify()` found and, with `fix: true`, removed. */
@@ -155,4 +212,6 @@ export interface VerifyReport {
   bad: ReportItem[];
   /** What `fix: true` removed; empty without it. */
   removed: ReportItem[];
+  /** What the cache did not write; reported, never removed. */
+  foreign: ForeignItem[];
 }

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { renameWithRetry } from '../src/atomic-writer.js';
+import { renameWithRetry } from '../src/file-system.js';
 import { makeTempDir, removeTempDirs } from './helpers.js';
 
 afterEach(removeTempDirs);

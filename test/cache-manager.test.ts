@@ -510,36 +510,62 @@ describe('clear, prune and orphans', () => {
     }
   });
 
-  it('prune() sweeps orphans older than staleTmpMs and keeps younger ones', async () => {
+  it('prune() sweeps orphans older than staleTmpMs and keeps younger ones, and what it cannot prove it wrote', async () => {
     const cache = cacheWith({ staleTmpMs: HOUR });
     await cache.getOrFetch('kept', () => 'K');
     await cache[backgroundSweep];
     const old = new Date(clock.now() - 2 * HOUR);
     const young = new Date(clock.now() - 1_000);
-    const plant = async (name: string, when: Date) => {
+    const plant = async (name: string, when: Date, text = 'junk') => {
       const file = path.join(dirOf(), name);
-      await fsp.writeFile(file, 'junk');
+      await fsp.writeFile(file, text);
       await fsp.utimes(file, when, when);
       return file;
     };
-    const oldTmp = await plant('x.tmp.h.1.aa', old);
-    const youngTmp = await plant('y.tmp.h.1.bb', young);
+    const manifestFor = (key: string, sizeBytes: number) =>
+      JSON.stringify({
+        schema_version: 1,
+        key,
+        created_at: '2026-01-01T00:00:00.000Z',
+        size_bytes: sizeBytes,
+      });
+    const oldTmp = await plant('x.tmp.h.1.00000000000000aa', old);
+    const youngTmp = await plant('y.tmp.h.1.00000000000000bb', young);
+    // Lone payloads with the record a crashed commit leaves (its pending manifest): provably ours.
     const oldLonePayload = await plant('lone-old', old);
+    const oldProof = await plant(
+      'lone-old.manifest.json.tmp.h.1.00000000000000cc',
+      old,
+      manifestFor('lone-old', 4),
+    );
     const youngLonePayload = await plant('lone-young', young);
-    const loneManifest = await plant('ghost.manifest.json', young);
+    await plant('lone-young.manifest.json.tmp.h.1.00000000000000dd', young, manifestFor('lone-young', 4));
+    // A file nobody can prove the cache wrote, however old, and a manifest-named file that is no manifest.
+    const userFile = await plant('notes.txt', old);
+    const strayManifest = await plant('photos.manifest.json', old);
+    const loneManifest = await plant('ghost.manifest.json', young, manifestFor('ghost', 9));
     const report = await cache.prune();
     expect(report.removed.map((item) => [path.basename(item.path), item.reason]).sort()).toEqual(
       [
-        ['x.tmp.h.1.aa', 'orphan-tmp'],
+        ['x.tmp.h.1.00000000000000aa', 'orphan-tmp'],
         ['lone-old', 'orphan-payload'],
         ['ghost.manifest.json', 'orphan-manifest'],
       ].sort(),
     );
     expect(await exists(oldTmp)).toBe(false);
     expect(await exists(oldLonePayload)).toBe(false);
+    expect(await exists(oldProof)).toBe(false);
     expect(await exists(loneManifest)).toBe(false);
     expect(await exists(youngTmp)).toBe(true);
     expect(await exists(youngLonePayload)).toBe(true);
+    expect(await exists(userFile)).toBe(true);
+    expect(await exists(strayManifest)).toBe(true);
+    expect(report.foreign.map((item) => [path.basename(item.path), item.reason]).sort()).toEqual(
+      [
+        ['notes.txt', 'unproven-payload'],
+        ['photos.manifest.json', 'invalid-manifest'],
+      ].sort(),
+    );
     expect(await cache.has('kept')).toBe(true);
   });
 

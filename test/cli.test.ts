@@ -5,9 +5,8 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { backgroundSweep } from '../src/cache-manager.js';
 import { LineProgress } from '../src/cli/progress.js';
-import { planPrune } from '../src/cli/prune-plan.js';
 import { formatBytes, formatDuration, parseDuration, parseSize } from '../src/cli/units.js';
-import { CacheManager, type EntryInfo } from '../src/index.js';
+import { CacheManager } from '../src/index.js';
 import { exists, makeTempDir, patternBytes, removeTempDirs, sha256 } from './helpers.js';
 import { closeAllServers, servePayload, startServer } from './http-servers.js';
 
@@ -280,10 +279,13 @@ describe('ls', () => {
     expect(JSON.parse(stdout)).toMatchObject({ root, entryCount: 4 });
   });
 
-  it('an empty or missing root has no sublayers, exit 0', async () => {
-    const { code, stdout } = await run(['ls', '--root', path.join(emptyRoot, 'never-created')]);
-    expect(code).toBe(0);
-    expect(stdout).toContain('No sublayers.');
+  it('an empty root has no sublayers, exit 0; a missing one is an error, exit 1', async () => {
+    const empty = await run(['ls', '--root', emptyRoot]);
+    expect(empty.code).toBe(0);
+    expect(empty.stdout).toContain('No sublayers.');
+    const missing = await run(['ls', '--root', path.join(emptyRoot, 'never-created')]);
+    expect(missing.code).toBe(1);
+    expect(lines(missing.stderr)).toEqual([expect.stringContaining('no cache root at')]);
   });
 
   it('deletes nothing, not even an orphan tmp file old enough for the sweep', async () => {
@@ -335,7 +337,7 @@ describe('verify', () => {
   it('a sound cache verifies with exit 0', async () => {
     const { code, stdout } = await run(['verify', '--root', root]);
     expect(code).toBe(0);
-    expect(stdout).toContain('Verified 2 sublayers: 4 ok, 0 bad, 0 removed.');
+    expect(stdout).toContain('Verified 2 sublayers: 4 ok, 0 bad, 0 removed, 0 foreign.');
   });
 
   it('reports a corrupted payload with its reason and exits 1, removing nothing', async () => {
@@ -385,7 +387,7 @@ describe('prune', () => {
     expect(await allPresent()).toBe(true);
   });
 
-  it('--dry-run lists what would go and removes nothing, not even old orphans', async () => {
+  it('--dry-run lists what would go, orphans included, and removes nothing', async () => {
     const tmpPath = await plantTmp(root, 'imf-weo', 2 * DAY_MS);
     const { code, stdout } = await run([
       ...[
@@ -407,6 +409,7 @@ describe('prune', () => {
     expect(plan.dryRun).toBe(true);
     expect(plan.remove).toEqual([
       { sublayer: 'imf-weo', key: 'old.zip', path: oldZip, sizeBytes: 1536 * 1024, reason: 'expired' },
+      { sublayer: 'imf-weo', key: null, path: tmpPath, sizeBytes: 7, reason: 'orphan-tmp' },
       { sublayer: 'imf-weo', key: 'mid.zip', path: midZip, sizeBytes: 3000, reason: 'evicted' },
     ]);
     // new.zip is over --max-bytes too, but was used just now: prune would spare it.
@@ -468,8 +471,8 @@ describe('clear', () => {
   it('--yes removes every entry of that sublayer and no other', async () => {
     const { code, stdout } = await run(['clear', 'imf-weo', '--root', root, '--yes']);
     expect(code).toBe(0);
-    expect(stdout).toContain('Will remove from');
-    expect(stdout).toContain('Cleared imf-weo: 3 entries, 1.5 MiB.');
+    expect(stdout).toContain('Will remove:');
+    expect(stdout).toContain('Cleared imf-weo: 3 files, 1.5 MiB.');
     expect(await fsp.readdir(path.join(root, 'imf-weo'))).toEqual([]);
     expect(await exists(model)).toBe(true);
   });
@@ -508,7 +511,7 @@ describe('clear', () => {
           child.stdin.end(answer);
         });
       const declined = await onTerminal('n\n');
-      expect(declined.stdout).toContain('Clear sublayer "imf-weo" (3 entries, 1.5 MiB)? [y/N]');
+      expect(declined.stdout).toContain('Clear sublayer "imf-weo" (3 files, 1.5 MiB)? [y/N]');
       expect(declined.code).toBe(1);
       expect(await exists(oldZip)).toBe(true);
       const accepted = await onTerminal('y\n');
@@ -671,29 +674,6 @@ describe('argument and display helpers', () => {
     progress.update({ receivedBytes: 9 * MiB, totalBytes: undefined });
     progress.update({ receivedBytes: 21 * MiB, totalBytes: undefined });
     expect(written).toEqual(['f.bin: restarting from byte 0', expect.stringMatching(/^f\.bin: 21\.0 MiB, /)]);
-  });
-
-  it('the prune forecast spares recently used entries, as prune() does', () => {
-    const nowMs = Date.now();
-    const entry = (key: string, lastUsedAgoMs: number, expired = false): EntryInfo => ({
-      key,
-      path: `/cache/s/${key}`,
-      sizeBytes: 10,
-      createdAt: new Date(nowMs - lastUsedAgoMs),
-      lastUsedAt: new Date(nowMs - lastUsedAgoMs),
-      expired,
-    });
-    const plan = planPrune(
-      [entry('a', 1_000, true), entry('b', 3 * DAY_MS, true), entry('c', 2 * DAY_MS), entry('d', DAY_MS)],
-      { keepN: 1, maxBytes: Infinity },
-      nowMs,
-    );
-    expect(plan.remove.map(({ entry: e, reason }) => `${e.key}:${reason}`)).toEqual([
-      'b:expired',
-      'c:evicted',
-      'd:evicted',
-    ]);
-    expect(plan.keep.map(({ entry: e }) => e.key)).toEqual(['a']);
   });
 });
 

@@ -169,7 +169,11 @@ describe('classifyName', () => {
     ['weo.zip.lock', { kind: 'lock', key: 'weo.zip' }],
     ['weo.zip.tmp.host.123.0123456789abcdef', { kind: 'tmp' }],
     ['weo.zip.manifest.json.tmp.host.123.0123456789abcdef', { kind: 'tmp' }],
-    ['WEO.TMP.host.1.ab', { kind: 'tmp' }],
+    // Only the exact tail tmpPathFor writes is a tmp name: anything else with ".tmp." is a user's file.
+    ['WEO.TMP.host.1.ab', { kind: 'foreign' }],
+    ['data.tmp.csv', { kind: 'foreign' }],
+    ['weo.zip.tmp.host.123.0123456789ABCDEF', { kind: 'foreign' }],
+    ['weo.zip.lock.tmp.my_host-1.99.fedcba9876543210', { kind: 'tmp' }],
     ['CACHEDIR.TAG', { kind: 'foreign' }],
     ['.manifest.json', { kind: 'foreign' }],
     ['.lock', { kind: 'foreign' }],

@@ -1,3 +1,4 @@
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { type ParseArgsConfig, parseArgs } from 'node:util';
 import { getCacheDir } from '../index.js';
@@ -61,17 +62,29 @@ export function commonHelp(): string {
 
 /** Parses a command's arguments strictly: an unknown flag, a missing value or a stray argument is a UsageError. */
 export function parseCommandArgs(command: Command, args: readonly string[]): CommandInput {
-  let parsed: { values: Record<string, string | boolean | undefined>; positionals: string[] };
+  let parsed: {
+    values: Record<string, string | boolean | undefined>;
+    positionals: string[];
+    tokens: { kind: string; name?: string }[];
+  };
   try {
     parsed = parseArgs({
       args: [...args],
       options: { ...COMMON_OPTIONS, ...command.options },
       allowPositionals: true,
       strict: true,
+      tokens: true,
     }) as typeof parsed;
   } catch (error) {
     // Node's messages go on with advice about `--`; the first sentence is the useful part.
     throw new UsageError(firstSentence(error instanceof Error ? error.message : String(error)));
+  }
+  // parseArgs lets the last of a repeated flag win; `--keep-n 5 --keep-n 50` is more likely a mistake.
+  const seen = new Set<string>();
+  for (const token of parsed.tokens) {
+    if (token.kind !== 'option' || token.name === undefined) continue;
+    if (seen.has(token.name)) throw new UsageError(`--${token.name} is given more than once`);
+    seen.add(token.name);
   }
   if (parsed.values.help) return parsed;
   const expected = command.positionals;
@@ -108,18 +121,32 @@ export function rootOf(input: CommandInput): string {
   return path.resolve(root);
 }
 
+/** {@link rootOf}, which must exist as a directory: a mistyped root is an error (exit 1), not an empty cache. */
+export async function existingRootOf(input: CommandInput): Promise<string> {
+  const root = rootOf(input);
+  const stats = await fsp.stat(root).catch(() => undefined);
+  if (!stats?.isDirectory()) throw new Error(`no cache root at ${root}: nothing there to look at`);
+  return root;
+}
+
 /** `--ttl` in ms; without it nothing counts as expired (the CLI cannot know the ttl your application uses). */
 export function ttlOf(input: CommandInput): number {
   const ttl = stringOption(input, 'ttl');
   return ttl === undefined ? Number.POSITIVE_INFINITY : parseDuration(ttl, '--ttl');
 }
 
-/** `--keep-n` and `--max-bytes`; each defaults to no limit. */
+/**
+ * `--keep-n` and `--max-bytes`, exact limits; each defaults to no limit. Both must be at least 1: a limit of
+ * 0 would remove every entry, which is what `clear` is for.
+ */
 export function limitsOf(input: CommandInput): { keepN: number; maxBytes: number } {
   const keepN = stringOption(input, 'keep-n');
   const maxBytes = stringOption(input, 'max-bytes');
+  const bytes = maxBytes === undefined ? Number.POSITIVE_INFINITY : parseSize(maxBytes, '--max-bytes');
+  if (bytes < 1)
+    throw new UsageError(`--max-bytes needs at least 1 byte, got "${maxBytes}" (to empty a sublayer: clear)`);
   return {
     keepN: keepN === undefined ? Number.POSITIVE_INFINITY : parseCount(keepN, '--keep-n'),
-    maxBytes: maxBytes === undefined ? Number.POSITIVE_INFINITY : parseSize(maxBytes, '--max-bytes'),
+    maxBytes: bytes,
   };
 }

@@ -4,7 +4,7 @@ import { UsageError } from './errors.js';
 /**
  * Asks before a deletion. `--yes` skips the question. Without a terminal on stdin there is nobody to ask,
  * and a script that forgot `--yes` must not delete by default: that is a UsageError (exit 2).
- * Resolves `true` only for an answer of y or yes.
+ * Resolves `true` only for an answer of y or yes; Ctrl-C at the prompt rejects with InterruptedError.
  */
 export async function confirm(io: Io, question: string, yes: boolean): Promise<boolean> {
   if (yes) return true;

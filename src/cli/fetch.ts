@@ -34,13 +34,14 @@ Progress goes to stderr: on a terminal a bar with bytes, rate and ETA; otherwise
 
 Options:
   --sublayer S       The sublayer to store it in (required)
-  --key K            The entry's key. Default: the URL's last path segment, percent-decoded
+  --key K            The entry's key. Default: the URL's last path segment, percent-decoded; required
+                     when the URL has a query string (two URLs that differ only there would share a key)
   --ttl DURATION     An entry older than this is fetched again (a 304 answer renews it without a
                      download): 7d, 12h, 30m, 45s, 500ms or Infinity. Default Infinity: any entry is a hit
   --refresh          Download even if a fresh entry exists
   --retries N        Retries after a network error, a timeout or a 408/429/5xx answer. Default 3
-  --keep-n N         Afterwards, evict least recently used entries of the sublayer down to N entries.
-                     Default: no limit, nothing else is evicted
+  --keep-n N         Afterwards, evict least recently used entries of the sublayer down to exactly N
+                     entries (N >= 1). Default: no limit, nothing else is evicted
   --max-bytes SIZE   Likewise, down to SIZE payload bytes (500MiB, 2GiB, 10GB). Default: no limit`,
   options: {
     sublayer: { type: 'string' },
@@ -108,8 +109,17 @@ function httpUrl(text: string): URL {
   return url;
 }
 
-/** The URL's last path segment, percent-decoded: `https://host/files/weo%202024.zip?sig=x` -> `weo 2024.zip`. */
+/**
+ * The URL's last path segment, percent-decoded: `https://host/files/weo%202024.zip` -> `weo 2024.zip`. A URL
+ * with a query string needs `--key`: `?version=1` and `?version=2` would otherwise share one entry and the
+ * second would be a silent, wrong hit.
+ */
 export function keyFromUrl(url: URL): string {
+  if (url.search !== '') {
+    throw new UsageError(
+      `${url.origin}${url.pathname} has a query string, which the default key would drop: pass --key`,
+    );
+  }
   const segment = url.pathname.split('/').pop() ?? '';
   if (segment === '') {
     throw new UsageError(`cannot take a key from ${url.origin}${url.pathname}: pass --key`);

@@ -1,9 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import type { EntryInfo } from '../index.js';
-import { type Command, type CommandInput, EXIT_OK, flag, type Io, rootOf, ttlOf } from './command.js';
+import { type Command, type CommandInput, EXIT_OK, existingRootOf, flag, type Io, ttlOf } from './command.js';
 import { entryJson, TTL_HELP } from './ls.js';
-import { listEntries, openSublayer } from './sublayers.js';
+import { openSublayer, targetSublayers } from './sublayers.js';
 import { describeTtl, formatAgo, formatBytes } from './units.js';
 
 /** The manifest sits beside its payload (README, "On-disk layout"). */
@@ -29,11 +29,13 @@ ${TTL_HELP}
 
 async function runInfo(input: CommandInput, io: Io): Promise<number> {
   const [sublayer, key] = input.positionals as [string, string];
-  const root = rootOf(input);
   const ttlMs = ttlOf(input);
+  const root = await existingRootOf(input);
+  const cache = openSublayer(sublayer, { root, ttlMs });
   // has() checks the key against the library's rules (InvalidKeyError) before anything else.
-  await openSublayer(sublayer, { root, ttlMs, lookOnly: true }).has(key);
-  const entry = (await listEntries(sublayer, root, ttlMs)).find((candidate) => candidate.key === key);
+  await cache.has(key);
+  await targetSublayers(root, sublayer);
+  const entry = (await cache.list()).find((candidate) => candidate.key === key);
   if (!entry) throw new Error(await missingEntryMessage(root, sublayer, key));
   const manifestPath = entry.path + MANIFEST_SUFFIX;
   const manifest: unknown = JSON.parse(await fsp.readFile(manifestPath, 'utf8'));

@@ -3,14 +3,15 @@ import type { EntryInfo } from '../index.js';
 import {
   type Command,
   type CommandInput,
+  EXIT_ERROR,
   EXIT_OK,
+  existingRootOf,
   flag,
   type Io,
-  rootOf,
   stringOption,
   ttlOf,
 } from './command.js';
-import { listEntries, targetSublayers, totalBytes } from './sublayers.js';
+import { eachSublayer, openSublayer, targetSublayers, totalBytes } from './sublayers.js';
 import { plural, renderTable } from './table.js';
 import { describeTtl, formatAgo, formatBytes, formatDuration } from './units.js';
 
@@ -30,7 +31,9 @@ export const lsCommand: Command = {
 
 Lists each sublayer (a directory under the cache root) and its committed entries, most recently used
 first: key, size, age (since the manifest's created_at), last use (the payload's mtime) and whether the
-entry has expired, with totals per sublayer and overall. Lists only: deletes nothing.
+entry has expired, with totals per sublayer and overall. Lists only: it changes nothing on disk (no
+sweep, no last-use update). Exits 1 when the root or --sublayer does not exist, or a sublayer could not
+be read (the others are still listed).
 
 Options:
   --sublayer S     Only this sublayer
@@ -44,12 +47,13 @@ ${TTL_HELP}
 };
 
 async function runLs(input: CommandInput, io: Io): Promise<number> {
-  const root = rootOf(input);
   const ttlMs = ttlOf(input);
+  const root = await existingRootOf(input);
   const names = await targetSublayers(root, stringOption(input, 'sublayer'));
-  const sublayers = await Promise.all(
-    names.map(async (name) => ({ name, entries: await listEntries(name, root, ttlMs) })),
+  const { done, failed } = await eachSublayer(names, io, 'ls', (name) =>
+    openSublayer(name, { root, ttlMs }).list(),
   );
+  const sublayers = done.map(({ name, value }) => ({ name, entries: value }));
   // Read after listing, so that no entry looks used in the future.
   const nowMs = Date.now();
   if (flag(input, 'json')) {
@@ -57,7 +61,7 @@ async function runLs(input: CommandInput, io: Io): Promise<number> {
   } else {
     for (const line of renderListing(root, ttlMs, nowMs, sublayers)) io.out(line);
   }
-  return EXIT_OK;
+  return failed > 0 ? EXIT_ERROR : EXIT_OK;
 }
 
 /** The human listing: one table per sublayer with its total, then the overall total. */

@@ -1,26 +1,28 @@
-import type { PruneReport } from '../index.js';
 import {
   type Command,
   type CommandInput,
   EXIT_ERROR,
   EXIT_OK,
+  existingRootOf,
   flag,
   type Io,
   limitsOf,
-  rootOf,
   stringOption,
   ttlOf,
 } from './command.js';
 import { confirm } from './confirm.js';
-import { type PrunePlan, planPrune } from './prune-plan.js';
-import { listEntries, openSublayer, targetSublayers } from './sublayers.js';
-import { plural, renderTable } from './table.js';
-import { formatAgo, formatBytes } from './units.js';
-
-interface SublayerPlan {
-  readonly name: string;
-  readonly plan: PrunePlan;
-}
+import {
+  carryOutPlans,
+  outcomeJson,
+  planJson,
+  renderForeign,
+  renderOutcome,
+  renderPlan,
+  type SublayerPlan,
+} from './plan.js';
+import { assertCacheRoot, eachSublayer, openSublayer, targetSublayers } from './sublayers.js';
+import { plural } from './table.js';
+import { formatBytes } from './units.js';
 
 export const pruneCommand: Command = {
   name: 'prune',
@@ -29,27 +31,32 @@ export const pruneCommand: Command = {
                            [--dry-run] [--yes] [--json] [--root DIR]
 
 In each sublayer (or only S): removes entries expired under --ttl, evicts the least recently used entries
-while the sublayer holds more than --keep-n entries or --max-bytes bytes, and sweeps orphans (tmp files
-and payloads without manifest older than 24 h, manifests without payload, locks of dead processes).
-Entries used in the last 70 s and entries whose lock a writer holds are never removed.
+while the sublayer holds more than --keep-n entries or --max-bytes bytes (exact limits), and removes
+orphans the cache left (tmp files older than 24 h, payloads without manifest older than 24 h that a record
+proves the cache wrote, manifests without payload, locks of dead processes). Entries used in the last
+70 s and entries whose lock a writer holds are never removed.
 
-It first lists the entries that will go and asks for confirmation; without a terminal on stdin it
-refuses (exit 2) unless --yes is given. The list is a forecast by the same rules: orphans are not listed
-in advance, and an entry a writer locks meanwhile is kept. The report printed afterwards is what was
-actually removed.
+It deletes only what payload-cache can prove it wrote: anything else in a sublayer (your own files and
+directories) is listed as "left alone" and never touched. It refuses (exit 2) to work on a root that has
+no CACHEDIR.TAG written by payload-cache.
+
+It first shows the plan (every file that will go, and why) and asks for confirmation; without a terminal
+on stdin it refuses (exit 2) unless --yes is given. Then it carries out exactly that plan: each file is
+checked again just before it goes, and one that changed meanwhile (used, renewed, republished) is kept.
 
 Options:
   --sublayer S       Only this sublayer (default: every sublayer under the root)
   --ttl DURATION     Entries older than this are expired: 7d, 12h, 30m, 45s, 500ms or Infinity.
                      Default Infinity: no entry expires (the cache stores no ttl)
-  --keep-n N         At most N entries per sublayer. Default: no limit
+  --keep-n N         At most N entries per sublayer (N >= 1). Default: no limit
   --max-bytes SIZE   At most SIZE payload bytes per sublayer: 500MiB, 2GiB, 10GB, 1048576. Default: no
                      limit (the CLI cannot know the limits your application passes to CacheManager)
-  --dry-run          Only list the entries that would go; remove nothing, ask nothing
+  --dry-run          Only show the plan; remove nothing, ask nothing
   -y, --yes          Do not ask for confirmation
   --json             Print JSON: with --dry-run { root, dryRun: true, remove: [{ sublayer, key, path,
-                     sizeBytes, reason }], keep: [...] }, else { root, dryRun: false,
-                     removed: [{ sublayer, key, path, reason }], kept: [{ sublayer, key, reason }] }`,
+                     sizeBytes, reason }], keep: [{ sublayer, key, reason }], foreign: [{ sublayer,
+                     path, reason }] }, else { root, dryRun: false, removed: [{ sublayer, key, path,
+                     reason }], kept: [...], foreign: [...] }`,
   options: {
     sublayer: { type: 'string' },
     ttl: { type: 'string' },
@@ -64,110 +71,44 @@ Options:
 };
 
 async function runPrune(input: CommandInput, io: Io): Promise<number> {
-  const root = rootOf(input);
   const ttlMs = ttlOf(input);
   const limits = limitsOf(input);
   const json = flag(input, 'json');
+  const dryRun = flag(input, 'dry-run');
+  const root = await existingRootOf(input);
+  await assertCacheRoot(root);
   const names = await targetSublayers(root, stringOption(input, 'sublayer'));
-  if (names.length === 0) {
-    if (json)
-      io.out(JSON.stringify({ root, dryRun: flag(input, 'dry-run'), removed: [], kept: [] }, null, 2));
-    else io.out(`No sublayers under ${root}: nothing to prune.`);
-    return EXIT_OK;
-  }
-  const plans: SublayerPlan[] = [];
-  for (const name of names) {
-    const entries = await listEntries(name, root, ttlMs);
-    plans.push({ name, plan: planPrune(entries, limits, Date.now()) });
-  }
-  if (flag(input, 'dry-run')) {
+  const { done, failed } = await eachSublayer(names, io, 'prune', async (name) => {
+    const cache = openSublayer(name, { root, ttlMs, ...limits });
+    return { name, cache, plan: await cache.planPrune() };
+  });
+  const plans: SublayerPlan[] = done.map(({ value }) => value);
+  const exitCode = failed > 0 ? EXIT_ERROR : EXIT_OK;
+  if (dryRun) {
     if (json) io.out(JSON.stringify({ root, dryRun: true, ...planJson(plans) }, null, 2));
     else
-      for (const line of [...renderPlan(plans, 'Would remove'), 'Dry run: nothing was removed.'])
+      for (const line of [...renderPlan(plans, 'Would remove', Date.now()), 'Dry run: nothing was removed.'])
         io.out(line);
-    return EXIT_OK;
+    return exitCode;
   }
-  // With --json, stdout carries only the final report; the forecast goes with the question, on stderr.
+  // With --json, stdout carries only the final report; the plan goes with the question, on stderr.
   const show = (line: string) => (json ? io.err(line) : io.out(line));
-  for (const line of renderPlan(plans, 'Will remove')) show(line);
+  for (const line of renderPlan(plans, 'Will remove', Date.now())) show(line);
   const planned = plans.flatMap(({ plan }) => plan.remove);
-  const question = `Prune ${plural(planned.length, 'entry', 'entries')} (${formatBytes(sum(planned))}) and old orphans in ${plural(names.length, 'sublayer')}?`;
+  const bytes = planned.reduce((sum, item) => sum + item.sizeBytes, 0);
+  const question = `Prune ${plural(planned.length, 'file')} (${formatBytes(bytes)}) in ${plural(plans.length, 'sublayer')}?`;
   if (!(await confirm(io, question, flag(input, 'yes')))) {
-    io.err('Aborted: nothing was removed.');
+    io.err('Declined: nothing was removed.');
     return EXIT_ERROR;
   }
-  const reports: { name: string; report: PruneReport }[] = [];
-  for (const name of names) {
-    reports.push({ name, report: await openSublayer(name, { root, ttlMs, ...limits }).prune() });
-  }
-  const removed = reports.flatMap(({ name, report }) =>
-    report.removed.map((item) => ({ sublayer: name, ...item })),
-  );
-  const kept = reports.flatMap(({ name, report }) =>
-    report.kept.map((item) => ({ sublayer: name, ...item })),
-  );
+  const outcomes = await carryOutPlans(plans);
   if (json) {
-    io.out(JSON.stringify({ root, dryRun: false, removed, kept }, null, 2));
-    return EXIT_OK;
+    io.out(JSON.stringify({ root, dryRun: false, ...outcomeJson(outcomes) }, null, 2));
+    return exitCode;
   }
-  if (removed.length > 0) {
-    const rows = removed.map((item) => [item.sublayer, item.key ?? '-', item.reason, item.path]);
-    io.out('Removed:');
-    for (const line of renderTable(['SUBLAYER', 'KEY', 'REASON', 'PATH'], rows, [], '  ')) io.out(line);
-  }
-  for (const item of kept) io.out(`Kept ${item.sublayer}/${item.key} (${item.reason})`);
-  io.out(`Pruned ${plural(removed.length, 'file')} in ${plural(names.length, 'sublayer')}.`);
-  return EXIT_OK;
-}
-
-function renderPlan(plans: readonly SublayerPlan[], title: string): string[] {
-  const nowMs = Date.now();
-  const remove = plans.flatMap(({ name, plan }) => plan.remove.map((item) => ({ name, ...item })));
-  const keep = plans.flatMap(({ name, plan }) => plan.keep.map((item) => ({ name, ...item })));
-  const lines: string[] = [];
-  if (remove.length === 0) lines.push(`${title}: no entries.`);
-  else {
-    const rows = remove.map(({ name, entry, reason }) => [
-      name,
-      entry.key,
-      formatBytes(entry.sizeBytes),
-      reason,
-      formatAgo(nowMs - entry.lastUsedAt.getTime()),
-    ]);
-    lines.push(`${title}:`);
-    lines.push(
-      ...renderTable(
-        ['SUBLAYER', 'KEY', 'SIZE', 'REASON', 'LAST USED'],
-        rows,
-        ['left', 'left', 'right'],
-        '  ',
-      ),
-    );
-  }
-  for (const { name, entry } of keep) lines.push(`Keeping ${name}/${entry.key}: used in the last 70 s`);
-  lines.push(
-    `Total: ${plural(remove.length, 'entry', 'entries')}, ${formatBytes(sum(remove))}; ` +
-      'orphans older than 24 h and stale locks go too (not listed in advance).',
-  );
-  return lines;
-}
-
-function planJson(plans: readonly SublayerPlan[]) {
-  const item = (name: string, entry: PrunePlan['remove'][number]['entry'], reason: string) => ({
-    sublayer: name,
-    key: entry.key,
-    path: entry.path,
-    sizeBytes: entry.sizeBytes,
-    reason,
-  });
-  return {
-    remove: plans.flatMap(({ name, plan }) =>
-      plan.remove.map(({ entry, reason }) => item(name, entry, reason)),
-    ),
-    keep: plans.flatMap(({ name, plan }) => plan.keep.map(({ entry, reason }) => item(name, entry, reason))),
-  };
-}
-
-function sum(items: readonly { entry: { sizeBytes: number } }[]): number {
-  return items.reduce((total, { entry }) => total + entry.sizeBytes, 0);
+  for (const line of renderOutcome(outcomes)) io.out(line);
+  for (const line of renderForeign(outcomes.flatMap(({ report }) => report.foreign))) io.out(line);
+  const removed = outcomes.reduce((sum, { report }) => sum + report.removed.length, 0);
+  io.out(`Pruned ${plural(removed, 'file')} in ${plural(plans.length, 'sublayer')}.`);
+  return exitCode;
 }

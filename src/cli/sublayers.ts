@@ -1,31 +1,21 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { CacheManager, type EntryInfo, InvalidKeyError } from '../index.js';
-
-/**
- * Staleness threshold for managers that only look. Every manager sweeps old orphans (tmp files and
- * manifest-less payloads older than `staleTmpMs`) in the background on its first `list()`; a threshold no
- * file can reach keeps `ls`, `info` and `prune --dry-run` from deleting them. The sweep still drops
- * manifests without a payload and locks of dead processes, which are misses either way.
- */
-const LOOK_ONLY_STALE_TMP_MS = Number.MAX_SAFE_INTEGER;
-
-/**
- * Entries used this recently are never removed by `prune()`: the library's default `touchIntervalMs`
- * (60 s) plus `evictionGraceMs` (10 s). The CLI's managers keep those defaults, so its forecast uses them too.
- */
-export const IN_USE_WINDOW_MS = 70_000;
+import { isCacheRoot } from '../entry-store.js';
+import { CacheManager, InvalidKeyError, NotCacheRootError } from '../index.js';
+import type { Io } from './command.js';
+import { formatError } from './errors.js';
 
 export interface SublayerSettings {
   readonly root: string;
   readonly ttlMs: number;
   readonly keepN?: number;
   readonly maxBytes?: number;
-  /** A manager for listing only: its background sweep removes no tmp file or payload. */
-  readonly lookOnly?: boolean;
 }
 
-/** A manager for one sublayer; throws InvalidKeyError for a name the library refuses. */
+/**
+ * A manager for one sublayer; throws InvalidKeyError for a name the library refuses. Without a ttl nothing
+ * counts as expired, not even an entry whose `created_at` lies ahead of this machine's clock.
+ */
 export function openSublayer(sublayer: string, settings: SublayerSettings): CacheManager {
   return new CacheManager({
     sublayer,
@@ -33,31 +23,23 @@ export function openSublayer(sublayer: string, settings: SublayerSettings): Cach
     ttl: settings.ttlMs,
     keepN: settings.keepN ?? Number.POSITIVE_INFINITY,
     maxBytes: settings.maxBytes ?? Number.POSITIVE_INFINITY,
-    ...(settings.lookOnly ? { staleTmpMs: LOOK_ONLY_STALE_TMP_MS } : {}),
+    ...(Number.isFinite(settings.ttlMs) ? {} : { maxClockSkewMs: Number.POSITIVE_INFINITY }),
   });
 }
 
-/** Committed entries of a sublayer, most recently used first, without deleting anything on the way. */
-export async function listEntries(sublayer: string, root: string, ttlMs: number): Promise<EntryInfo[]> {
-  return openSublayer(sublayer, { root, ttlMs, lookOnly: true }).list();
-}
-
 /**
- * The sublayers a command works on: the one named by `--sublayer` (checked against the key rules), or
- * every real directory under the root whose name is a valid sublayer, sorted. A missing root has none.
+ * The sublayers a command works on: the one named by `--sublayer` (checked against the key rules, and which
+ * must exist: a typo is an error, exit 1), or every real directory under the root whose name is a valid
+ * sublayer, sorted.
  */
 export async function targetSublayers(root: string, only: string | undefined): Promise<string[]> {
   if (only !== undefined) {
     openSublayer(only, { root, ttlMs: Number.POSITIVE_INFINITY });
+    const stats = await fsp.lstat(path.join(root, only)).catch(() => undefined);
+    if (!stats?.isDirectory()) throw new Error(`no sublayer "${only}" under ${root}`);
     return [only];
   }
-  let dirents: import('node:fs').Dirent[];
-  try {
-    dirents = await fsp.readdir(root, { withFileTypes: true });
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw error;
-  }
+  const dirents = await fsp.readdir(root, { withFileTypes: true });
   // Symlinks are left out on purpose: the library refuses to work through a symlinked sublayer.
   return dirents
     .filter((dirent) => dirent.isDirectory() && isSublayerName(dirent.name))
@@ -75,10 +57,32 @@ function isSublayerName(name: string): boolean {
   }
 }
 
-/** Whether `<root>/<sublayer>` exists as a directory. */
-export async function sublayerExists(root: string, sublayer: string): Promise<boolean> {
-  const stats = await fsp.lstat(path.join(root, sublayer)).catch(() => undefined);
-  return stats?.isDirectory() === true;
+/** Refuses (exit 2) to delete anything under a directory that payload-cache did not mark as its root. */
+export async function assertCacheRoot(root: string): Promise<void> {
+  if (!(await isCacheRoot(root))) throw new NotCacheRootError(root);
+}
+
+/**
+ * Runs `work` on each sublayer in turn. A sublayer that fails (unreadable, say) is reported on stderr as one
+ * line and skipped, so that one bad directory does not hide the others; `failed` counts them (exit 1).
+ */
+export async function eachSublayer<T>(
+  names: readonly string[],
+  io: Io,
+  command: string,
+  work: (name: string) => Promise<T>,
+): Promise<{ done: { name: string; value: T }[]; failed: number }> {
+  const done: { name: string; value: T }[] = [];
+  let failed = 0;
+  for (const name of names) {
+    try {
+      done.push({ name, value: await work(name) });
+    } catch (error) {
+      failed += 1;
+      io.err(`payload-cache ${command}: sublayer "${name}" skipped: ${formatError(error)}`);
+    }
+  }
+  return { done, failed };
 }
 
 export function totalBytes(entries: readonly { sizeBytes: number }[]): number {

@@ -73,7 +73,9 @@ export function parseCount(text: string, flag: string): number {
   const input = text.trim().toLowerCase();
   if (NEVER.has(input)) return Number.POSITIVE_INFINITY;
   if (!/^\d+$/.test(input) || Number(input) < 1) {
-    throw new UsageError(`${flag} needs an integer >= 1 or Infinity, got "${text}"`);
+    throw new UsageError(
+      `${flag} needs an integer >= 1 or Infinity, got "${text}" (to empty a sublayer: clear)`,
+    );
   }
   return Number(input);
 }

@@ -183,35 +183,43 @@ describe('a symlink planted at the payload path', () => {
     expect(await snapshot(victimDir)).toEqual(before);
   });
 
-  linkIt('left in place: list, verify --fix, prune, delete and clear only ever unlink the link', async () => {
-    const before = await snapshot(victimDir);
-    for (const [key, target] of [
-      ['to-file', victimFile],
-      ['to-dir', victimDir],
-    ] as const) {
-      await plant(target, path.join(dir, key));
-      await fsp.writeFile(
-        path.join(dir, `${key}.manifest.json`),
-        JSON.stringify({
-          schema_version: 1,
-          created_at: new Date().toISOString(),
-          size_bytes: VICTIM.length,
-        }),
-      );
-      await age(path.join(dir, key), 2 * HOUR);
-    }
-    const cache = cacheWith({ staleTmpMs: HOUR });
-    expect(await cache.list()).toEqual([]);
-    await cache[backgroundSweep];
-    const verified = await cache.verify({ fix: true });
-    expect(verified.checked).toBe(0);
-    await cache.prune();
-    await cache.delete('to-file');
-    await cache.clear();
-    expect(await exists(path.join(dir, 'to-file'))).toBe(false);
-    expect(await exists(path.join(dir, 'to-dir'))).toBe(false);
-    expect(await snapshot(victimDir)).toEqual(before);
-  });
+  linkIt(
+    'left in place: list, verify --fix, prune and clear leave the link alone, delete unlinks it',
+    async () => {
+      const before = await snapshot(victimDir);
+      for (const [key, target] of [
+        ['to-file', victimFile],
+        ['to-dir', victimDir],
+      ] as const) {
+        await plant(target, path.join(dir, key));
+        await fsp.writeFile(
+          path.join(dir, `${key}.manifest.json`),
+          JSON.stringify({
+            schema_version: 1,
+            created_at: new Date().toISOString(),
+            size_bytes: VICTIM.length,
+          }),
+        );
+        await age(path.join(dir, key), 2 * HOUR);
+      }
+      const cache = cacheWith({ staleTmpMs: HOUR });
+      await cache.getOrFetch('tags-the-root', () => FRESH);
+      expect((await cache.list()).map((entry) => entry.key)).toEqual(['tags-the-root']);
+      await cache[backgroundSweep];
+      const verified = await cache.verify({ fix: true });
+      expect(verified.checked).toBe(1);
+      expect(verified.foreign.map((item) => path.basename(item.path)).sort()).toEqual(['to-dir', 'to-file']);
+      await cache.prune();
+      await cache.clear();
+      // Janitors cannot prove they made a symlink: both stay, links still, and their targets untouched.
+      expect((await fsp.lstat(path.join(dir, 'to-file'))).isSymbolicLink()).toBe(true);
+      expect((await fsp.lstat(path.join(dir, 'to-dir'))).isSymbolicLink()).toBe(true);
+      // delete() names the key: the link at its payload name goes, never what it points to.
+      await cache.delete('to-file');
+      expect(await exists(path.join(dir, 'to-file'))).toBe(false);
+      expect(await snapshot(victimDir)).toEqual(before);
+    },
+  );
 });
 
 describe('a symlink planted at the manifest path', () => {
@@ -332,10 +340,10 @@ describe('a symlink planted at the <key>.lock path', () => {
 
 describe('a symlink planted at a tmp-looking path', () => {
   // A writer's own tmp names carry 64 random bits and are created with O_EXCL, so a planted link cannot be
-  // written through; what remains to prove is that the orphan sweep, which removes old tmp names
-  // recursively, unlinks such a link instead of emptying the directory it points at.
+  // written through; what remains to prove is that the orphan sweep, which removes old tmp files, leaves
+  // such a link (it is no file the cache wrote) and never empties the directory it points at.
   linkIt(
-    'pointing at a victim file and a victim directory: writes go elsewhere, sweeps only unlink',
+    'pointing at a victim file and a victim directory: writes go elsewhere, sweeps leave the links alone',
     async () => {
       const host = os.hostname().replace(/[^A-Za-z0-9-]/g, '_');
       const toFile = path.join(dir, `k.tmp.${host}.${process.pid}.0123456789abcdef`);
@@ -348,9 +356,10 @@ describe('a symlink planted at a tmp-looking path', () => {
       const cache = cacheWith({ staleTmpMs: HOUR });
       await expectRegularFileHolding(await cache.getOrFetch('k', () => FRESH), FRESH);
       await cache[backgroundSweep];
-      await cache.prune();
+      const pruned = await cache.prune();
+      expect(pruned.foreign.map((item) => item.path).sort()).toEqual([toDir, toFile].sort());
       await cache.clear();
-      expect(await tmpFilesIn(dir)).toEqual([]);
+      expect((await tmpFilesIn(dir)).sort()).toEqual([path.basename(toDir), path.basename(toFile)].sort());
       expect(await snapshot(victimDir)).toEqual(before);
     },
   );

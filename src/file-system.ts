@@ -1,0 +1,141 @@
+import { constants, promises as fsp, type Stats } from 'node:fs';
+import path from 'node:path';
+import { sleep } from './abort.js';
+import { ForeignFileError, PayloadCacheError } from './errors.js';
+
+/** The file-system helpers every module shares: error codes, safe removal, real directories, durable renames. */
+
+export function errorCode(error: unknown): string {
+  return (error as NodeJS.ErrnoException | undefined)?.code ?? '';
+}
+
+/** `lstat`, or `undefined` when nothing is there. */
+export async function lstatOrUndefined(filePath: string): Promise<Stats | undefined> {
+  try {
+    return await fsp.lstat(filePath);
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT' || errorCode(error) === 'ENOTDIR') return undefined;
+    throw error;
+  }
+}
+
+/**
+ * Removes a file by its name; `false` when nothing was there. It never recurses: a directory at the name was
+ * not made by the cache (whose only directories are locks, removed by the lock's own code), so it is left
+ * alone and reported as a {@link ForeignFileError}. A symlink is unlinked, never followed.
+ */
+export async function removeFile(filePath: string): Promise<boolean> {
+  try {
+    await fsp.unlink(filePath);
+    return true;
+  } catch (error) {
+    const code = errorCode(error);
+    if (code === 'ENOENT') return false;
+    // unlink refuses a directory with EISDIR (Linux) or EPERM (POSIX, macOS).
+    if ((code === 'EISDIR' || code === 'EPERM') && (await lstatOrUndefined(filePath))?.isDirectory()) {
+      throw new ForeignFileError(filePath, 'a directory');
+    }
+    throw error;
+  }
+}
+
+/** What a file-system object is, in words, for messages about things the cache did not make. */
+export function describeKind(stats: Stats): string {
+  if (stats.isDirectory()) return 'a directory';
+  if (stats.isSymbolicLink()) return 'a symlink';
+  if (stats.isFIFO()) return 'a FIFO';
+  if (stats.isSocket()) return 'a socket';
+  if (stats.isBlockDevice() || stats.isCharacterDevice()) return 'a device';
+  return 'a file';
+}
+
+/**
+ * Creates `dir` and its parents. An existing directory is fine, but not a symlink: in a shared cache
+ * directory, a planted symlink would send this writer's files outside the cache root.
+ */
+export async function ensureRealDir(dir: string): Promise<void> {
+  // A plain mkdir first: a recursive one reports a read-only parent as a misleading ENOENT (Node 20).
+  try {
+    await fsp.mkdir(dir);
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') {
+      await fsp.mkdir(path.dirname(dir), { recursive: true });
+      await fsp.mkdir(dir).catch(ignoreCode('EEXIST'));
+    } else if (errorCode(error) !== 'EEXIST') throw error;
+  }
+  await assertRealDir(dir);
+}
+
+/**
+ * Throws `ERR_UNSAFE_PATH` when `dir` is a symlink: the cache never writes or deletes through one, since
+ * in a shared cache directory it may point anywhere (a sweep there would delete a stranger's files).
+ */
+export async function assertRealDir(dir: string): Promise<void> {
+  if ((await fsp.lstat(dir)).isSymbolicLink()) {
+    throw new PayloadCacheError('ERR_UNSAFE_PATH', `refusing to work through a symlink: ${dir}`);
+  }
+}
+
+/** `false` for a missing directory; rejects with ERR_UNSAFE_PATH for a symlink. */
+export async function isRealDir(dir: string): Promise<boolean> {
+  return assertRealDir(dir).then(
+    () => true,
+    (error: unknown) => {
+      if (errorCode(error) === 'ENOENT') return false;
+      throw error;
+    },
+  );
+}
+
+function ignoreCode(code: string) {
+  return (error: unknown) => {
+    if (errorCode(error) !== code) throw error;
+  };
+}
+
+// Windows: antivirus and indexers hold a freshly written file for a moment; rename then fails briefly.
+const TRANSIENT_RENAME_CODES = new Set(['EPERM', 'EBUSY', 'EACCES']);
+const RENAME_RETRY_BUDGET_MS = 3_000;
+
+export interface RenameRetryOptions {
+  rename?: (from: string, to: string) => Promise<void>;
+  /** Error codes worth retrying; by default the Windows sharing-violation codes on Windows, none elsewhere. */
+  retryCodes?: ReadonlySet<string>;
+  budgetMs?: number;
+}
+
+/** `rename`, retried with backoff for a bounded time on the transient errors of Windows file sharing. */
+export async function renameWithRetry(
+  from: string,
+  to: string,
+  options: RenameRetryOptions = {},
+): Promise<void> {
+  const rename = options.rename ?? fsp.rename;
+  const retryCodes =
+    options.retryCodes ?? (process.platform === 'win32' ? TRANSIENT_RENAME_CODES : new Set());
+  const deadline = Date.now() + (options.budgetMs ?? RENAME_RETRY_BUDGET_MS);
+  for (let delayMs = 10; ; delayMs = Math.min(delayMs * 2, 250)) {
+    try {
+      return await rename(from, to);
+    } catch (error) {
+      if (!retryCodes.has(errorCode(error)) || Date.now() + delayMs > deadline) throw error;
+      await sleep(delayMs);
+    }
+  }
+}
+
+// File systems that cannot fsync a directory (Windows, some FUSE mounts) say so with one of these.
+const DIR_FSYNC_UNSUPPORTED = new Set(['EISDIR', 'EINVAL', 'ENOTSUP', 'EPERM', 'EBADF', 'EACCES', 'ENOSYS']);
+
+/** Makes renames in `dir` durable: without it a crash can lose an entry that was already returned. */
+export async function fsyncDir(dir: string): Promise<void> {
+  let handle: fsp.FileHandle | undefined;
+  try {
+    handle = await fsp.open(dir, constants.O_RDONLY);
+    await handle.sync();
+  } catch (error) {
+    if (!DIR_FSYNC_UNSUPPORTED.has(errorCode(error))) throw error;
+  } finally {
+    await handle?.close().catch(() => {});
+  }
+}

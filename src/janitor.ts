@@ -1,0 +1,462 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { type EntryPaths, MANIFEST_SUFFIX } from './entry-paths.js';
+import { removeEntryIfUnchanged, retireManifest } from './entry-store.js';
+import { ForeignFileError, InvalidOptionsError } from './errors.js';
+import { evictionOrder, evictionShield } from './evictor.js';
+import { lstatOrUndefined, removeFile } from './file-system.js';
+import {
+  describesKey,
+  type Freshness,
+  isExpired,
+  type Manifest,
+  parseManifest,
+  readManifestText,
+} from './manifest.js';
+import { isLockHeld, isOwnLockDir, removeLockDir, whileLocked } from './soft-lock.js';
+import {
+  forEachLimited,
+  type LonePayload,
+  type ScannedEntry,
+  type SublayerScan,
+  scanSublayer,
+} from './sublayer-scan.js';
+import type {
+  ForeignItem,
+  JanitorPlan,
+  KeptItem,
+  PlannedRemoval,
+  PruneReport,
+  RemovalReason,
+  ReportItem,
+  VerifyReport,
+} from './types.js';
+
+/**
+ * The janitor: prune, clear, the background sweep and verify's fix. Each works in two steps. A plan is made
+ * from one look at the sublayer and changes nothing (a dry run is a plan). Carrying it out removes exactly
+ * the planned items and nothing else, each only after re-checking, under its lock where it has one, that it
+ * is still what the plan saw. Only what the cache can prove it wrote is ever planned (DESIGN.md section 6):
+ * entries with a valid manifest, orphans of the cache's own shapes, and lock directories holding only the
+ * lock's own files. The rest is foreign: reported, never touched.
+ */
+
+/** What the janitor needs to know about one sublayer and the moment it runs. */
+export interface SublayerPolicy {
+  readonly dir: string;
+  readonly keepN: number;
+  readonly maxBytes: number;
+  readonly lockStaleMs: number;
+  readonly staleTmpMs: number;
+  /** Entries used this recently may be in use by a reader: `touchIntervalMs + evictionGraceMs`. */
+  readonly inUseWindowMs: number;
+  readonly freshness: Freshness;
+}
+
+/** The facts a planned removal is re-checked against just before it is carried out. */
+type Check =
+  | { kind: 'entry'; paths: EntryPaths; manifestText: string; sizeBytes: number; lastUsedAtMs?: number }
+  | { kind: 'cleared-entry'; paths: EntryPaths; manifestText: string; sizeBytes: number }
+  | { kind: 'lone-payload'; paths: EntryPaths; sizeBytes: number; mtimeMs: number; proof: string }
+  | { kind: 'lone-manifest'; paths: EntryPaths; manifestText: string }
+  | { kind: 'tmp'; path: string; mtimeMs: number; isDirectory: boolean }
+  | { kind: 'lock'; paths: EntryPaths };
+
+// Only plans made here can be carried out: a removal without its recorded check is never acted on.
+const checks = new WeakMap<PlannedRemoval, Check>();
+
+class PlanBuilder {
+  readonly remove: PlannedRemoval[] = [];
+  readonly kept: KeptItem[] = [];
+  readonly foreign: ForeignItem[] = [];
+
+  constructor(readonly dir: string) {}
+
+  add(removal: PlannedRemoval, check: Check): void {
+    this.remove.push(removal);
+    checks.set(removal, check);
+  }
+
+  removeEntry(entry: ReadEntry, reason: RemovalReason, check: Check): void {
+    this.add(
+      {
+        key: entry.paths.key,
+        path: entry.paths.payload,
+        reason,
+        sizeBytes: entry.sizeBytes,
+        lastUsedAt: new Date(entry.lastUsedAtMs),
+      },
+      check,
+    );
+  }
+
+  plan(): JanitorPlan {
+    return { dir: this.dir, remove: this.remove, kept: this.kept, foreign: this.foreign };
+  }
+}
+
+/** A scanned entry with its manifest read: valid, ours but broken, or not a payload-cache manifest. */
+interface ReadEntry extends ScannedEntry {
+  readonly manifestText: string;
+  readonly manifest: Manifest | undefined;
+  /** Why a manifest of ours does not describe this payload; `undefined` when it does. */
+  readonly mismatch: 'size-mismatch' | 'wrong-key' | undefined;
+}
+
+async function readEntries(entries: readonly ScannedEntry[], builder: PlanBuilder): Promise<ReadEntry[]> {
+  const read: ReadEntry[] = [];
+  await forEachLimited(entries, 64, async (entry) => {
+    const manifestText = await readManifestText(entry.paths.manifest);
+    if (manifestText === undefined) return; // gone since the scan
+    const manifest = parseManifest(manifestText);
+    if (!manifest) {
+      builder.foreign.push({ path: entry.paths.manifest, reason: 'invalid-manifest' });
+      return;
+    }
+    const mismatch = !describesKey(manifest, entry.paths.key)
+      ? 'wrong-key'
+      : manifest.size_bytes !== entry.sizeBytes
+        ? 'size-mismatch'
+        : undefined;
+    read.push({ ...entry, manifestText, manifest, mismatch });
+  });
+  return read;
+}
+
+interface OrphanRules {
+  /** Remove lone payloads the cache can prove it wrote at any age, not only once older than `staleTmpMs`. */
+  readonly lonePayloadsAtAnyAge: boolean;
+}
+
+/**
+ * Plans the removal of orphans: tmp files and lock leftovers older than `staleTmpMs`, lone payloads a
+ * record proves the cache wrote (its pending manifest or the tombstone of its retired one), manifests of
+ * ours without a payload, and stale locks. Keys whose lock is held are in flight and left alone.
+ */
+async function planOrphans(
+  policy: SublayerPolicy,
+  scan: SublayerScan,
+  builder: PlanBuilder,
+  rules: OrphanRules,
+): Promise<void> {
+  const oldBefore = policy.freshness.nowMs - policy.staleTmpMs;
+  const records = scan.lonePayloads.length > 0 ? await manifestRecords(scan) : new Map<string, Record[]>();
+  const proofsInUse = new Set<string>();
+  for (const lone of scan.lonePayloads) {
+    const proof = records.get(lone.paths.key)?.find((record) => record.sizeBytes === lone.sizeBytes);
+    if (!proof) {
+      builder.foreign.push({ path: lone.paths.payload, reason: 'unproven-payload' });
+      continue;
+    }
+    proofsInUse.add(proof.path);
+    if (!rules.lonePayloadsAtAnyAge && lone.mtimeMs >= oldBefore) continue;
+    if (await isLockHeld(lone.paths.lock, policy.lockStaleMs)) continue;
+    builder.add(lonePayloadRemoval(lone), { kind: 'lone-payload', ...lone, proof: proof.path });
+  }
+  for (const paths of scan.loneManifests) {
+    const manifestText = await readManifestText(paths.manifest);
+    if (manifestText === undefined) continue;
+    const manifest = parseManifest(manifestText);
+    if (!manifest || !describesKey(manifest, paths.key)) {
+      builder.foreign.push({ path: paths.manifest, reason: 'invalid-manifest' });
+    } else if (!(await isLockHeld(paths.lock, policy.lockStaleMs))) {
+      const removal: PlannedRemoval = {
+        key: paths.key,
+        path: paths.manifest,
+        reason: 'orphan-manifest',
+        sizeBytes: 0,
+      };
+      builder.add(removal, { kind: 'lone-manifest', paths, manifestText });
+    }
+  }
+  for (const tmp of scan.tmpObjects) {
+    if (tmp.mtimeMs >= oldBefore || proofsInUse.has(tmp.path)) continue;
+    if (tmp.isDirectory && !(await isOwnLockDir(tmp.path).catch(() => false))) {
+      builder.foreign.push({ path: tmp.path, reason: 'foreign-lock' });
+      continue;
+    }
+    builder.add({ path: tmp.path, reason: 'orphan-tmp', sizeBytes: tmp.sizeBytes }, { kind: 'tmp', ...tmp });
+  }
+  for (const paths of scan.locks) {
+    if (!(await isOwnLockDir(paths.lock).catch(() => false))) {
+      builder.foreign.push({ path: paths.lock, reason: 'foreign-lock' });
+    } else if (!(await isLockHeld(paths.lock, policy.lockStaleMs))) {
+      builder.add(
+        { key: paths.key, path: paths.lock, reason: 'stale-lock', sizeBytes: 0 },
+        { kind: 'lock', paths },
+      );
+    }
+  }
+}
+
+function lonePayloadRemoval(lone: LonePayload): PlannedRemoval {
+  return {
+    key: lone.paths.key,
+    path: lone.paths.payload,
+    reason: 'orphan-payload',
+    sizeBytes: lone.sizeBytes,
+    lastUsedAt: new Date(lone.mtimeMs),
+  };
+}
+
+interface Record {
+  readonly path: string;
+  readonly sizeBytes: number;
+}
+
+/**
+ * Manifests the cache left under tmp names: a commit's pending manifest and a removal's tombstone. Either
+ * names its key and payload size, and so proves that a lone payload of that key and size is the cache's.
+ */
+async function manifestRecords(scan: SublayerScan): Promise<Map<string, Record[]>> {
+  const byKey = new Map<string, Record[]>();
+  const small = scan.tmpObjects.filter((tmp) => !tmp.isDirectory && tmp.sizeBytes <= 64 * 1024);
+  await forEachLimited(small, 16, async (tmp) => {
+    const text = await readManifestText(tmp.path);
+    const manifest = text === undefined ? undefined : parseManifest(text);
+    if (manifest?.key === undefined) return;
+    const list = byKey.get(manifest.key) ?? [];
+    list.push({ path: tmp.path, sizeBytes: manifest.size_bytes });
+    byKey.set(manifest.key, list);
+  });
+  return byKey;
+}
+
+/**
+ * Plans `prune()`: expired entries (outside the in-use window and not locked), broken entries of ours and
+ * orphans older than `staleTmpMs`, then least recently used entries while the sublayer is over `keepN`
+ * entries or `maxBytes` bytes. The limits are exact: eviction stops as soon as the sublayer is within them.
+ */
+export async function planPrune(policy: SublayerPolicy): Promise<JanitorPlan> {
+  const builder = new PlanBuilder(policy.dir);
+  const scan = await scanSublayer(policy.dir);
+  builder.foreign.push(...scan.foreign);
+  const entries = await readEntries(scan.entries, builder);
+  const { nowMs } = policy.freshness;
+  const oldBefore = nowMs - policy.staleTmpMs;
+  const remaining: ReadEntry[] = [];
+  for (const entry of entries) {
+    const { manifest, mismatch } = entry;
+    if (mismatch) {
+      if (entry.lastUsedAtMs < oldBefore && !(await isLockHeld(entry.paths.lock, policy.lockStaleMs))) {
+        builder.removeEntry(entry, mismatch, entryCheck(entry));
+      }
+      continue;
+    }
+    if (!manifest || !isExpired(manifest, policy.freshness)) {
+      remaining.push(entry);
+      continue;
+    }
+    const shield = await protection(entry, policy, undefined);
+    if (shield) {
+      builder.kept.push({ key: entry.paths.key, reason: shield });
+      remaining.push(entry);
+    } else builder.removeEntry(entry, 'expired', entryCheck(entry, entry.lastUsedAtMs));
+  }
+  await planOrphans(policy, scan, builder, { lonePayloadsAtAnyAge: false });
+  await planEviction(policy, remaining, builder);
+  return builder.plan();
+}
+
+async function planEviction(
+  policy: SublayerPolicy,
+  entries: ReadEntry[],
+  builder: PlanBuilder,
+): Promise<void> {
+  let count = entries.length;
+  let bytes = entries.reduce((sum, entry) => sum + entry.sizeBytes, 0);
+  for (const entry of evictionOrder(entries)) {
+    if (count <= policy.keepN && bytes <= policy.maxBytes) break;
+    const shield = await protection(entry, policy, undefined);
+    if (shield) {
+      if (!builder.kept.some((kept) => kept.key === entry.paths.key))
+        builder.kept.push({ key: entry.paths.key, reason: shield });
+      continue;
+    }
+    builder.removeEntry(entry, 'evicted', entryCheck(entry, entry.lastUsedAtMs));
+    count -= 1;
+    bytes -= entry.sizeBytes;
+  }
+}
+
+/** Why an entry may not be removed for disuse now: recently used, or locked by a writer. */
+async function protection(
+  entry: ScannedEntry,
+  policy: SublayerPolicy,
+  justWrittenKey: string | undefined,
+): Promise<KeptItem['reason'] | undefined> {
+  const shield = evictionShield(entry, justWrittenKey, policy.freshness.nowMs, policy.inUseWindowMs);
+  if (shield) return shield;
+  return (await isLockHeld(entry.paths.lock, policy.lockStaleMs)) ? 'locked' : undefined;
+}
+
+function entryCheck(entry: ReadEntry, lastUsedAtMs?: number): Check {
+  return {
+    kind: 'entry',
+    paths: entry.paths,
+    manifestText: entry.manifestText,
+    sizeBytes: entry.sizeBytes,
+    ...(lastUsedAtMs === undefined ? {} : { lastUsedAtMs }),
+  };
+}
+
+/**
+ * Plans `clear()`: every entry of ours, fresh or expired, broken or not, whatever its last use; lone
+ * payloads the cache can prove it wrote and manifests without payload, at any age; tmp files and lock
+ * leftovers older than `staleTmpMs` and stale locks. Never a live lock nor a younger tmp file.
+ */
+export async function planClear(policy: SublayerPolicy): Promise<JanitorPlan> {
+  const builder = new PlanBuilder(policy.dir);
+  const scan = await scanSublayer(policy.dir);
+  builder.foreign.push(...scan.foreign);
+  for (const entry of await readEntries(scan.entries, builder)) {
+    const check: Check = {
+      kind: 'cleared-entry',
+      paths: entry.paths,
+      manifestText: entry.manifestText,
+      sizeBytes: entry.sizeBytes,
+    };
+    builder.removeEntry(entry, 'cleared', check);
+  }
+  await planOrphans(policy, scan, builder, { lonePayloadsAtAnyAge: true });
+  return builder.plan();
+}
+
+/** Plans the background sweep: orphans only, by the same rules as `prune()`. */
+export async function planSweep(policy: SublayerPolicy): Promise<JanitorPlan> {
+  const builder = new PlanBuilder(policy.dir);
+  await planOrphans(policy, await scanSublayer(policy.dir), builder, { lonePayloadsAtAnyAge: false });
+  return builder.plan();
+}
+
+/**
+ * Carries out a plan made by {@link planPrune}, {@link planClear} or {@link planSweep} for this sublayer:
+ * exactly its removals, each re-checked just before it is acted on. A removal whose file changed since the
+ * plan is reported as kept (`changed`, `recently-used` or `locked`) and left in place.
+ */
+export async function carryOut(policy: SublayerPolicy, plan: JanitorPlan): Promise<PruneReport> {
+  if (plan.dir !== policy.dir) {
+    throw new InvalidOptionsError(`this plan is for ${plan.dir}, not for ${policy.dir}`);
+  }
+  const report: PruneReport = { removed: [], kept: [...plan.kept], foreign: [...plan.foreign] };
+  for (const removal of plan.remove) {
+    const check = checks.get(removal);
+    if (!check)
+      throw new InvalidOptionsError('carryOut() takes only plans made by planPrune() or planClear()');
+    try {
+      const outcome = await execute(check, policy);
+      if (outcome === 'removed') report.removed.push(reportItem(removal));
+      else if (outcome === 'manifest-retired') {
+        report.removed.push({ ...reportItem(removal), path: `${removal.path}${MANIFEST_SUFFIX}` });
+      } else if (outcome !== 'gone' && removal.key !== undefined) {
+        report.kept.push({ key: removal.key, reason: outcome });
+      }
+    } catch (error) {
+      // Swapped for something that is not ours since the plan: it stays, and it is reported as such.
+      if (!(error instanceof ForeignFileError)) throw error;
+      report.foreign.push({ path: error.path, reason: 'not-a-regular-file' });
+    }
+  }
+  return report;
+}
+
+function reportItem({ key, path, reason }: PlannedRemoval): ReportItem {
+  return key === undefined ? { path, reason } : { key, path, reason };
+}
+
+type Outcome = 'removed' | 'manifest-retired' | 'gone' | KeptItem['reason'];
+
+async function execute(check: Check, policy: SublayerPolicy): Promise<Outcome> {
+  switch (check.kind) {
+    case 'entry':
+      return removeEntryIfUnchanged(
+        check.paths,
+        {
+          manifestText: check.manifestText,
+          sizeBytes: check.sizeBytes,
+          ...(check.lastUsedAtMs === undefined
+            ? {}
+            : {
+                lastUsedAtMs: check.lastUsedAtMs,
+                inUseWindowMs: policy.inUseWindowMs,
+                nowMs: policy.freshness.nowMs,
+              }),
+        },
+        policy.lockStaleMs,
+      );
+    case 'cleared-entry': {
+      const outcome = await removeEntryIfUnchanged(check.paths, check, policy.lockStaleMs);
+      if (outcome !== 'locked') return outcome;
+      // A live writer holds the key: its manifest goes (the key is a miss at once), its payload stays, since
+      // that writer may be about to publish over it. The tombstone left behind proves the payload is ours.
+      if ((await readManifestText(check.paths.manifest)) !== check.manifestText) return 'changed';
+      return (await retireManifest(check.paths.manifest)) ? 'manifest-retired' : 'gone';
+    }
+    case 'lone-payload': {
+      const outcome = await whileLocked(check.paths.lock, policy.lockStaleMs, async () => {
+        const [payload, manifest, proof] = await Promise.all(
+          [check.paths.payload, check.paths.manifest, check.proof].map(lstatOrUndefined),
+        );
+        if (manifest || !proof?.isFile() || !payload?.isFile()) return 'changed';
+        if (payload.size !== check.sizeBytes || payload.mtimeMs !== check.mtimeMs) return 'changed';
+        await removeFile(check.paths.payload);
+        await removeFile(check.proof);
+        return 'removed';
+      });
+      return outcome ?? 'locked';
+    }
+    case 'lone-manifest': {
+      const outcome = await whileLocked(check.paths.lock, policy.lockStaleMs, async () => {
+        if (await lstatOrUndefined(check.paths.payload)) return 'changed';
+        if ((await readManifestText(check.paths.manifest)) !== check.manifestText) return 'changed';
+        return (await removeFile(check.paths.manifest)) ? 'removed' : 'gone';
+      });
+      return outcome ?? 'locked';
+    }
+    case 'tmp': {
+      const stats = await lstatOrUndefined(check.path);
+      if (!stats) return 'gone';
+      if (stats.mtimeMs !== check.mtimeMs || stats.isDirectory() !== check.isDirectory) return 'changed';
+      if (check.isDirectory) return (await removeLockDir(check.path)) ? 'removed' : 'changed';
+      return (await removeFile(check.path)) ? 'removed' : 'gone';
+    }
+    case 'lock': {
+      // Taking a stale lock over removes it; releasing ours removes the directory.
+      const outcome = await whileLocked(check.paths.lock, policy.lockStaleMs, async () => 'removed' as const);
+      return outcome ?? 'locked';
+    }
+  }
+}
+
+/**
+ * Re-hashes every payload against its manifest and reports what is bad: broken entries, orphans, stale
+ * locks. With `fix`, carries out the removal of the bad ones by the rules of `clear()` for orphans (a
+ * lone payload proven ours goes at any age unless its lock is held), re-checking each under its lock.
+ */
+export async function verifySublayer(policy: SublayerPolicy, fix: boolean): Promise<VerifyReport> {
+  const builder = new PlanBuilder(policy.dir);
+  const scan = await scanSublayer(policy.dir);
+  builder.foreign.push(...scan.foreign);
+  let checked = 0;
+  for (const entry of await readEntries(scan.entries, builder)) {
+    const problem = entry.mismatch ?? (await hashMismatch(entry));
+    if (problem) builder.removeEntry(entry, problem, entryCheck(entry));
+    else checked += 1;
+  }
+  await planOrphans(policy, scan, builder, { lonePayloadsAtAnyAge: true });
+  const plan = builder.plan();
+  const bad = plan.remove.map(reportItem);
+  const removed = fix ? (await carryOut(policy, plan)).removed : [];
+  return { checked, bad, removed, foreign: [...plan.foreign] };
+}
+
+async function hashMismatch(entry: ReadEntry): Promise<'hash-mismatch' | undefined> {
+  if (!entry.manifest?.sha256) return undefined;
+  const hash = createHash('sha256');
+  try {
+    for await (const chunk of createReadStream(entry.paths.payload)) hash.update(chunk as Buffer);
+  } catch {
+    return undefined; // gone or replaced since the scan: nothing to judge
+  }
+  return hash.digest('hex') === entry.manifest.sha256 ? undefined : 'hash-mismatch';
+}

@@ -1,0 +1,184 @@
+import { type Dirent, promises as fsp, type Stats } from 'node:fs';
+import path from 'node:path';
+import { classifyName, type EntryPaths, entryPaths, MANIFEST_SUFFIX } from './entry-paths.js';
+import { lookupEntry } from './entry-store.js';
+import { assertRealDir, errorCode, lstatOrUndefined } from './file-system.js';
+import { type Freshness, parseTimestamp } from './manifest.js';
+import type { EntryInfo, ForeignItem } from './types.js';
+
+/** A committed-looking entry: a regular payload file and a regular manifest file beside it, by name. */
+export interface ScannedEntry {
+  readonly paths: EntryPaths;
+  readonly sizeBytes: number;
+  readonly lastUsedAtMs: number;
+}
+
+/** A regular file named like a payload, with no manifest beside it. */
+export interface LonePayload {
+  readonly paths: EntryPaths;
+  readonly sizeBytes: number;
+  readonly mtimeMs: number;
+}
+
+/** A tmp file the cache names `<name>.tmp.<host>.<pid>.<random>`, or a lock directory it renamed aside so. */
+export interface TmpObject {
+  readonly path: string;
+  readonly sizeBytes: number;
+  readonly mtimeMs: number;
+  readonly isDirectory: boolean;
+}
+
+/** Everything in one sublayer, sorted by what the cache may do with it. */
+export interface SublayerScan {
+  readonly entries: ScannedEntry[];
+  readonly lonePayloads: LonePayload[];
+  /** Regular files named like a manifest with no payload beside them. */
+  readonly loneManifests: EntryPaths[];
+  readonly tmpObjects: TmpObject[];
+  /** Directories named like a lock. */
+  readonly locks: EntryPaths[];
+  /** Things no name or type rule of the cache accounts for; never touched. */
+  readonly foreign: ForeignItem[];
+}
+
+/**
+ * Lists a sublayer by name and one `lstat` per payload (none per manifest): it stays cheap at 10,000
+ * entries, and changes nothing. Only names of the cache's own shapes, of the type the cache gives them
+ * (regular files for payloads, manifests and tmp files; directories for locks), are candidates for any
+ * janitor; everything else is foreign. A missing directory has nothing in it.
+ */
+export async function scanSublayer(dir: string): Promise<SublayerScan> {
+  const scan: SublayerScan = {
+    entries: [],
+    lonePayloads: [],
+    loneManifests: [],
+    tmpObjects: [],
+    locks: [],
+    foreign: [],
+  };
+  let dirents: Dirent[];
+  try {
+    await assertRealDir(dir);
+    dirents = await fsp.readdir(dir, { withFileTypes: true });
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') return scan;
+    throw error;
+  }
+  const types = new Map(dirents.map((dirent) => [dirent.name, dirent]));
+  const isRegularFile = async (name: string) => {
+    const dirent = types.get(name);
+    if (!dirent) return false;
+    if (dirent.isFile()) return true;
+    // Some file systems do not report types in readdir; only then is an lstat needed.
+    if (typeKnown(dirent)) return false;
+    return (await lstatOrUndefined(path.join(dir, name)))?.isFile() === true;
+  };
+  const foreign = (name: string, reason: ForeignItem['reason']) => {
+    scan.foreign.push({ path: path.join(dir, name), reason });
+  };
+  await forEachLimited(dirents, 64, async (dirent) => {
+    const name = dirent.name;
+    const kind = classifyName(name);
+    if (kind.kind === 'foreign') return foreign(name, 'unknown-name');
+    if (kind.kind === 'lock') {
+      const stats = await lstatOrUndefined(path.join(dir, name));
+      if (stats?.isDirectory()) scan.locks.push(entryPaths(dir, kind.key));
+      else if (stats) foreign(name, 'not-a-regular-file');
+      return;
+    }
+    if (kind.kind === 'manifest') {
+      if (!(await isRegularFile(name))) foreign(name, 'not-a-regular-file');
+      else if (!(await isRegularFile(kind.key))) scan.loneManifests.push(entryPaths(dir, kind.key));
+      return;
+    }
+    const stats = await lstatOrUndefined(path.join(dir, name));
+    if (!stats) return; // gone since the readdir
+    if (kind.kind === 'tmp') {
+      if (stats.isFile() || (stats.isDirectory() && isLockAside(name)))
+        scan.tmpObjects.push(tmpObject(dir, name, stats));
+      else foreign(name, 'not-a-regular-file');
+      return;
+    }
+    if (!stats.isFile()) return foreign(name, 'not-a-regular-file');
+    const paths = entryPaths(dir, kind.key);
+    if (await isRegularFile(path.basename(paths.manifest))) {
+      scan.entries.push({ paths, sizeBytes: stats.size, lastUsedAtMs: stats.mtimeMs });
+    } else {
+      scan.lonePayloads.push({ paths, sizeBytes: stats.size, mtimeMs: stats.mtimeMs });
+    }
+  });
+  return scan;
+}
+
+/** A lock directory renamed aside on release: `<key>.lock.tmp.<host>.<pid>.<random>`. */
+function isLockAside(name: string): boolean {
+  return name.slice(0, name.toLowerCase().lastIndexOf('.tmp.')).endsWith('.lock');
+}
+
+function tmpObject(dir: string, name: string, stats: Stats): TmpObject {
+  return {
+    path: path.join(dir, name),
+    sizeBytes: stats.size,
+    mtimeMs: stats.mtimeMs,
+    isDirectory: stats.isDirectory(),
+  };
+}
+
+function typeKnown(dirent: Dirent): boolean {
+  return (
+    dirent.isFile() ||
+    dirent.isDirectory() ||
+    dirent.isSymbolicLink() ||
+    dirent.isFIFO() ||
+    dirent.isSocket() ||
+    dirent.isBlockDevice() ||
+    dirent.isCharacterDevice()
+  );
+}
+
+/** Committed-looking entries counted from one `readdir`: names with both a payload and a manifest. */
+export async function countEntriesByName(dir: string): Promise<number> {
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  const present = new Set(names);
+  let count = 0;
+  for (const name of names) {
+    if (name.endsWith(MANIFEST_SUFFIX) && present.has(name.slice(0, -MANIFEST_SUFFIX.length))) count += 1;
+  }
+  return count;
+}
+
+/** Runs `task` over `items` with at most `limit` at once. */
+export async function forEachLimited<T>(
+  items: readonly T[],
+  limit: number,
+  task: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const item = items[next++] as T;
+      await task(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+/** Committed entries (fresh and expired) with their facts, most recently used first. Changes nothing. */
+export async function listEntries(dir: string, freshness: Freshness): Promise<EntryInfo[]> {
+  const { entries } = await scanSublayer(dir);
+  const infos: EntryInfo[] = [];
+  await forEachLimited(entries, 64, async ({ paths }) => {
+    const found = await lookupEntry(paths, freshness);
+    if (found.state === 'absent') return;
+    infos.push({
+      key: paths.key,
+      path: paths.payload,
+      sizeBytes: found.sizeBytes,
+      createdAt: new Date(parseTimestamp(found.manifest.created_at)),
+      lastUsedAt: new Date(found.lastUsedAtMs),
+      expired: found.state === 'expired',
+      ...(found.manifest.sha256 ? { sha256: found.manifest.sha256 } : {}),
+    });
+  });
+  return infos.sort((a, b) => b.lastUsedAt.getTime() - a.lastUsedAt.getTime());
+}
