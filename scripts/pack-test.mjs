@@ -144,7 +144,7 @@ function install(tarball) {
 const ROUND_TRIP = `
 const EXPORTS = ['CacheManager', 'httpFetcher', 'HttpStatusError', 'NOT_MODIFIED', 'getCacheDir', 'setCacheDir',
   'resetCacheDir', 'PayloadCacheError', 'BulkPayloadCorruptError', 'InvalidKeyError', 'InvalidOptionsError',
-  'LockTimeoutError'];
+  'LockTimeoutError', 'ForeignFileError', 'NotCacheRootError'];
 
 async function roundTrip(pc, fs, os, path, http, crypto, assert) {
   const missing = EXPORTS.filter((name) => pc[name] === undefined);

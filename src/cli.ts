@@ -46,11 +46,15 @@ ${commonHelp()}
 
 Exit codes:
   0    success
-  1    error: an operation failed, verify found problems, an entry or sublayer does not exist, or
-       a confirmation was declined
-  2    usage: unknown command or flag, a missing or malformed argument, an invalid key or sublayer,
-       or prune/clear without --yes when stdin is not a terminal; nothing was changed
-  130  interrupted (Ctrl-C)
+  1    error: an operation failed, verify found problems, the root, an entry or a sublayer does not
+       exist, a sublayer could not be read, or a confirmation was declined
+  2    usage: unknown command or flag, a flag given twice, a missing or malformed argument, an invalid
+       key or sublayer, prune/clear without --yes when stdin is not a terminal, or prune/clear/verify
+       --fix on a root without payload-cache's CACHEDIR.TAG; nothing was changed
+  130  interrupted (Ctrl-C): nothing was published or removed
+
+prune, clear and verify --fix delete only what payload-cache can prove it wrote; anything else is
+listed as "left alone". ls, info, verify and every --dry-run change nothing on disk.
 
 Errors are one line on stderr; --debug prints the full error with its stack trace.`;
 }

@@ -1,72 +1,28 @@
-import { execFileSync, spawn } from 'node:child_process';
-import { promises as fsp, readdirSync, readFileSync, statSync } from 'node:fs';
+import { promises as fsp, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { backgroundSweep } from '../src/cache-manager.js';
 import { LineProgress } from '../src/cli/progress.js';
 import { formatBytes, formatDuration, parseDuration, parseSize } from '../src/cli/units.js';
-import { CacheManager } from '../src/index.js';
+import {
+  buildCliIfStale,
+  DAY_MS,
+  hasScript,
+  lines,
+  onTerminal,
+  REPO,
+  runCli,
+  seed,
+  type Terminal,
+} from './cli-helpers.js';
 import { exists, makeTempDir, patternBytes, removeTempDirs, sha256 } from './helpers.js';
 import { closeAllServers, servePayload, startServer } from './http-servers.js';
 
-// These tests run the BUILT command, as a user would: `node dist/cli.js ...` in a child process.
-const REPO = fileURLToPath(new URL('..', import.meta.url));
-const CLI = path.join(REPO, 'dist', 'cli.js');
-const TSC = path.join(REPO, 'node_modules', 'typescript', 'bin', 'tsc');
 const COMMANDS = ['ls', 'info', 'verify', 'prune', 'clear', 'fetch'];
-const DAY_MS = 86_400_000;
 const MiB = 1024 * 1024;
 
-interface RunResult {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI with stdin a pipe (so never a TTY) carrying `input`, and collects its output. */
-function run(
-  args: string[],
-  options: { input?: string; env?: Record<string, string> } = {},
-): Promise<RunResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], {
-      cwd: REPO,
-      env: { ...process.env, PAYLOAD_CACHE_DIR: emptyRoot, ...options.env },
-      stdio: ['pipe', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-    });
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(options.input ?? '');
-  });
-}
-
-/** Lines of `text` without the trailing empty one. */
-function lines(text: string): string[] {
-  return text.split('\n').filter((line, index, all) => line !== '' || index < all.length - 1);
-}
-
-/** Publishes an entry as if it had been written (and last used) `ageMs` ago. */
-async function seed(
-  root: string,
-  sublayer: string,
-  key: string,
-  bytes: Buffer,
-  ageMs: number,
-): Promise<string> {
-  const atMs = Date.now() - ageMs;
-  const cache = new CacheManager({ sublayer, root, ttl: Infinity, keepN: Infinity, now: () => atMs });
-  const entryPath = await cache.getOrFetch(key, () => bytes);
-  await cache[backgroundSweep];
-  return entryPath;
+/** Runs the CLI with the global root pointing at an empty directory unless `env` says otherwise. */
+function run(args: string[], options: { input?: string; env?: Record<string, string> } = {}) {
+  return runCli(args, { ...options, env: { PAYLOAD_CACHE_DIR: emptyRoot, ...options.env } });
 }
 
 /** A tmp file as a crashed writer leaves it, last touched `ageMs` ago. */
@@ -85,28 +41,7 @@ let midZip: string;
 let newZip: string;
 let model: string;
 
-/** Whether dist/cli.js is missing or older than some file under src/. */
-function distIsStale(): boolean {
-  const builtMs = statSync(CLI, { throwIfNoEntry: false })?.mtimeMs;
-  if (builtMs === undefined) return true;
-  const sources = readdirSync(path.join(REPO, 'src'), { recursive: true, withFileTypes: true });
-  return sources.some(
-    (dirent) => dirent.isFile() && statSync(path.join(dirent.parentPath, dirent.name)).mtimeMs > builtMs,
-  );
-}
-
-beforeAll(() => {
-  // `npm test` builds first; rebuilding then would rewrite dist/ under the feet of test files that spawn it
-  // in parallel. A lone `vitest run test/cli.test.ts` after an edit builds here. A concurrent build by
-  // someone else may make tsc fail once; one retry covers that.
-  if (!distIsStale()) return;
-  const build = () => execFileSync(process.execPath, [TSC, '-p', 'tsconfig.build.json'], { cwd: REPO });
-  try {
-    build();
-  } catch {
-    build();
-  }
-}, 120_000);
+beforeAll(buildCliIfStale, 120_000);
 
 beforeEach(async () => {
   emptyRoot = await makeTempDir('payload-cache-cli-empty-');
@@ -483,42 +418,19 @@ describe('clear', () => {
     expect(lines(stderr)).toEqual([expect.stringContaining('no sublayer "nope"')]);
   });
 
-  // `script` runs the command on a pseudo-terminal, so the prompt path is the one a user meets.
-  const hasScript = (() => {
-    try {
-      execFileSync('script', ['--version'], { stdio: 'ignore' });
-      return true;
-    } catch {
-      return false;
-    }
-  })();
-
-  it.skipIf(!hasScript || process.platform !== 'linux')(
-    'on a terminal it asks: "n" keeps everything (exit 1), "y" clears',
-    async () => {
-      const onTerminal = (answer: string) =>
-        new Promise<RunResult>((resolve, reject) => {
-          const command = [process.execPath, CLI, 'clear', 'imf-weo', '--root', root]
-            .map(shellQuote)
-            .join(' ');
-          const child = spawn('script', ['-qec', command, '/dev/null'], { env: process.env });
-          let stdout = '';
-          child.stdout.on('data', (chunk: Buffer) => {
-            stdout += chunk.toString();
-          });
-          child.on('error', reject);
-          child.on('close', (code) => resolve({ code, stdout, stderr: '' }));
-          child.stdin.end(answer);
-        });
-      const declined = await onTerminal('n\n');
-      expect(declined.stdout).toContain('Clear sublayer "imf-weo" (3 files, 1.5 MiB)? [y/N]');
-      expect(declined.code).toBe(1);
-      expect(await exists(oldZip)).toBe(true);
-      const accepted = await onTerminal('y\n');
-      expect(accepted.code).toBe(0);
-      expect(await exists(oldZip)).toBe(false);
-    },
-  );
+  it.skipIf(!hasScript)('on a terminal it asks: "n" keeps everything (exit 1), "y" clears', async () => {
+    const answer = (keys: string) => async (terminal: Terminal) => {
+      await terminal.waitFor('[y/N]');
+      terminal.type(keys);
+    };
+    const declined = await onTerminal(['clear', 'imf-weo', '--root', root], answer('n\r'));
+    expect(declined.stdout).toContain('Clear sublayer "imf-weo" (3 files, 1.5 MiB)? [y/N]');
+    expect(declined.code).toBe(1);
+    expect(await exists(oldZip)).toBe(true);
+    const accepted = await onTerminal(['clear', 'imf-weo', '--root', root], answer('y\r'));
+    expect(accepted.code).toBe(0);
+    expect(await exists(oldZip)).toBe(false);
+  });
 });
 
 describe('fetch', () => {
@@ -676,7 +588,3 @@ describe('argument and display helpers', () => {
     expect(written).toEqual(['f.bin: restarting from byte 0', expect.stringMatching(/^f\.bin: 21\.0 MiB, /)]);
   });
 });
-
-function shellQuote(word: string): string {
-  return `'${word.replace(/'/g, `'\\''`)}'`;
-}

@@ -5,7 +5,7 @@ import { getCacheDir } from '../index.js';
 import { UsageError } from './errors.js';
 import { parseCount, parseDuration, parseSize } from './units.js';
 
-/** Exit codes, documented in `payload-cache --help` and docs/cli.md. */
+/** Exit codes, documented in `payload-cache --help` and the README. */
 export const EXIT_OK = 0;
 /** An operation failed, a check found problems (`verify`), or the user declined a confirmation. */
 export const EXIT_ERROR = 1;

@@ -94,8 +94,8 @@ export function planJson(plans: readonly SublayerPlan[]) {
         reason: item.reason,
       })),
     ),
-    keep: plans.flatMap(({ name, plan }) => plan.kept.map((item) => ({ sublayer: name, ...item }))),
-    foreign: plans.flatMap(({ name, plan }) => plan.foreign.map((item) => ({ sublayer: name, ...item }))),
+    keep: plans.flatMap(({ name, plan }) => inSublayer(name, plan.kept)),
+    foreign: plans.flatMap(({ name, plan }) => inSublayer(name, plan.foreign)),
   };
 }
 
@@ -110,11 +110,13 @@ export function outcomeJson(outcomes: readonly SublayerOutcome[]) {
         reason: item.reason,
       })),
     ),
-    kept: outcomes.flatMap(({ name, report }) => report.kept.map((item) => ({ sublayer: name, ...item }))),
-    foreign: outcomes.flatMap(({ name, report }) =>
-      report.foreign.map((item) => ({ sublayer: name, ...item })),
-    ),
+    kept: outcomes.flatMap(({ name, report }) => inSublayer(name, report.kept)),
+    foreign: outcomes.flatMap(({ name, report }) => inSublayer(name, report.foreign)),
   };
+}
+
+function inSublayer<T extends object>(sublayer: string, items: readonly T[]) {
+  return items.map((item) => ({ sublayer, ...item }));
 }
 
 /** Carries out each sublayer's plan exactly as it was shown. */
