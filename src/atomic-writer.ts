@@ -4,7 +4,7 @@ import { raceAbort } from './abort.js';
 import { crashPoint } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
 import { ForeignFileError, InvalidOptionsError } from './errors.js';
-import { describeKind, lstatOrUndefined, removeFile, renameWithRetry } from './file-system.js';
+import { describeKind, errorCode, lstatOrUndefined, removeFile, renameWithRetry } from './file-system.js';
 import type { Body } from './types.js';
 
 // O_EXCL makes the create fail on anything already there, a planted symlink included.
@@ -29,9 +29,15 @@ export class PayloadWriter {
     this.#handle = handle;
   }
 
-  static async create(target: string): Promise<PayloadWriter> {
+  /** Creates the tmp file beside `target`; if its directory has vanished, `recreateDir` makes it again. */
+  static async create(target: string, recreateDir?: () => Promise<void>): Promise<PayloadWriter> {
     const tmpPath = tmpPathFor(target);
-    const handle = await fsp.open(tmpPath, EXCLUSIVE_CREATE, 0o644);
+    const open = () => fsp.open(tmpPath, EXCLUSIVE_CREATE, 0o644);
+    const handle = await open().catch(async (error: unknown) => {
+      if (errorCode(error) !== 'ENOENT' || !recreateDir) throw error;
+      await recreateDir();
+      return open();
+    });
     return new PayloadWriter(tmpPath, handle);
   }
 
@@ -50,13 +56,19 @@ export class PayloadWriter {
     this.#resetRequested = true;
   }
 
-  /** Streams `body` into the tmp file, counting and hashing as it goes; stops at once when `signal` aborts. */
-  async writeBody(body: Body, signal: AbortSignal): Promise<void> {
+  /**
+   * Streams `body` into the tmp file, counting and hashing as it goes. It stops at once when `signal` aborts,
+   * and at the first byte past `limit`. Whatever happens, the source is let go of at the end: a Node stream
+   * destroyed (and kept from crashing the process with a late 'error'), a web stream cancelled, even with a
+   * read still pending.
+   */
+  async writeBody(body: Body, signal: AbortSignal, limit?: SizeLimit): Promise<void> {
     const handle = this.#openHandle();
-    if (typeof body === 'string') return this.#writeWhole(handle, Buffer.from(body, 'utf8'));
-    if (body instanceof ArrayBuffer) return this.#writeWhole(handle, new Uint8Array(body));
-    if (body instanceof Uint8Array) return this.#writeWhole(handle, body);
+    if (typeof body === 'string') return this.#writeWhole(handle, Buffer.from(body, 'utf8'), limit);
+    if (body instanceof ArrayBuffer) return this.#writeWhole(handle, new Uint8Array(body), limit);
+    if (body instanceof Uint8Array) return this.#writeWhole(handle, body, limit);
     const chunks = chunksOf(body);
+    ignoreLateErrors(body);
     const writes = new WriteBehind(handle, this.tmpPath);
     try {
       for (;;) {
@@ -65,6 +77,9 @@ export class PayloadWriter {
         if (next.done) break;
         await this.#applyPendingReset(handle, writes);
         const chunk = toBytes(next.value);
+        if (limit && this.#sizeBytes + chunk.byteLength > limit.maxBytes()) {
+          throw limit.error(this.#sizeBytes + chunk.byteLength);
+        }
         this.#hash.update(chunk);
         this.#sizeBytes += chunk.byteLength;
         await writes.append(chunk);
@@ -74,8 +89,9 @@ export class PayloadWriter {
       await writes.finish();
     } finally {
       await writes.settle();
-      // Tell the source we are done with it (destroys a Node stream, cancels a web stream); never wait on it.
+      // Never wait on the source here: an abandoned read may never settle.
       Promise.resolve(chunks.return?.()).catch(() => {});
+      releaseBody(body);
     }
   }
 
@@ -141,8 +157,9 @@ export class PayloadWriter {
     this.#sizeBytes = 0;
   }
 
-  async #writeWhole(handle: fsp.FileHandle, bytes: Uint8Array): Promise<void> {
+  async #writeWhole(handle: fsp.FileHandle, bytes: Uint8Array, limit: SizeLimit | undefined): Promise<void> {
     await this.#applyPendingReset(handle);
+    if (limit && bytes.byteLength > limit.maxBytes()) throw limit.error(bytes.byteLength);
     this.#sizeBytes = bytes.byteLength;
     // Hash on the main thread while the write runs in the thread pool.
     const written = writeFully(handle, bytes, 0);
@@ -246,22 +263,56 @@ function chunksOf(body: Body): AsyncIterator<unknown> {
   );
 }
 
-async function* webStreamChunks(stream: ReadableStream): AsyncGenerator<unknown> {
+/**
+ * A web stream's chunks. `return()` cancels the stream at once, even while a read is pending (that read
+ * then ends as done); an async generator's `return()` would wait behind the pending read instead.
+ */
+function webStreamChunks(stream: ReadableStream): AsyncIterator<unknown> {
   const reader = stream.getReader();
-  let finished = false;
-  try {
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) {
-        finished = true;
-        return;
-      }
-      yield value;
-    }
-  } finally {
-    if (!finished) reader.cancel().catch(() => {});
-    reader.releaseLock();
+  return {
+    next: () => reader.read() as Promise<IteratorResult<unknown>>,
+    return: async () => {
+      await reader.cancel().catch(() => {});
+      reader.releaseLock();
+      return { done: true, value: undefined };
+    },
+  };
+}
+
+/** A stream of bytes must not pass this size: the first chunk beyond it fails the write with `error`. */
+export interface SizeLimit {
+  /** Read at every chunk: the limit may change while the body streams. */
+  readonly maxBytes: () => number;
+  readonly error: (receivedBytes: number) => Error;
+}
+
+/**
+ * A Node stream may emit 'error' after its last chunk (with `autoDestroy: false`, say), when nobody listens
+ * any more: that would crash the process after a successful publish. Its outcome is already decided.
+ */
+function ignoreLateErrors(body: Body): void {
+  const emitter = body as { on?: unknown; pipe?: unknown };
+  if (typeof emitter.on === 'function' && typeof emitter.pipe === 'function') {
+    (body as NodeJS.ReadableStream).on('error', () => {});
   }
+}
+
+/**
+ * Lets go of a body that will not be read (any further): destroys a Node stream, cancels an unlocked web
+ * stream, returns an iterator. An HTTP response then does not hold its socket open.
+ */
+export function releaseBody(body: unknown): void {
+  const source = body as {
+    destroy?: () => void;
+    cancel?: () => Promise<void>;
+    return?: () => Promise<unknown>;
+    locked?: boolean;
+  };
+  try {
+    if (typeof source.destroy === 'function') source.destroy();
+    else if (typeof source.cancel === 'function' && source.locked !== true) source.cancel().catch(() => {});
+    else if (typeof source.return === 'function') source.return().catch(() => {});
+  } catch {}
 }
 
 function toBytes(chunk: unknown): Uint8Array {

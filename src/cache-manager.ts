@@ -16,7 +16,7 @@ import {
 } from './entry-store.js';
 import { InvalidKeyError, InvalidOptionsError, NotCacheRootError } from './errors.js';
 import { evict } from './evictor.js';
-import { asFetchedBody, checkIntegrity, runValidator } from './fetch-result.js';
+import { asFetchedBody, checkIntegrity, oversizeGuard, releaseResult, runValidator } from './fetch-result.js';
 import { ensureRealDir, isRealDir } from './file-system.js';
 import { FlightTable } from './flight.js';
 import { carryOut, planClear, planPrune, planSweep, type SublayerPolicy, verifySublayer } from './janitor.js';
@@ -104,9 +104,13 @@ export class CacheManager {
       const found = await lookupEntry(paths, scope.freshness);
       if (found.state === 'fresh') return this.#serve(paths, found, scope);
     }
-    return flights.run(paths.payload, refresh, options.signal, (signal) =>
-      this.#hitOrFetch(paths, fetchFn, options, signal),
-    );
+    try {
+      return await flights.run(paths.payload, refresh, options.signal, (signal) =>
+        this.#hitOrFetch(paths, fetchFn, options, signal),
+      );
+    } catch (error) {
+      return this.#serveStale(paths, options, error);
+    }
   }
 
   async #hitOrFetch(paths: EntryPaths, fetchFn: FetchFn, options: GetOrFetchOptions, signal: AbortSignal) {
@@ -115,15 +119,20 @@ export class CacheManager {
     const found = await lookupEntry(paths, scope.freshness);
     if (found.state === 'fresh' && !options.refresh) return this.#serve(paths, found, scope);
     this.#observer.miss(paths.key, found.state === 'fresh' ? 'refresh' : found.state);
-    try {
-      return await this.#fetchUnderLock(paths, fetchFn, options, signal);
-    } catch (error) {
-      if (!options.staleIfError || signal.aborted || isUsageError(error)) throw error;
-      const fallback = await lookupEntry(paths, this.#scope().freshness);
-      if (fallback.state === 'absent') throw error;
-      this.#observer.staleServed(paths.key, paths.payload, error);
-      return this.#serve(paths, fallback, this.#scope());
-    }
+    return this.#fetchUnderLock(paths, fetchFn, options, signal);
+  }
+
+  /**
+   * Step 7's fallback, per caller: a caller that joined someone else's fetch gets its own `staleIfError`,
+   * whatever the first caller asked for.
+   */
+  async #serveStale(paths: EntryPaths, options: GetOrFetchOptions, error: unknown): Promise<string> {
+    if (!options.staleIfError || options.signal?.aborted || isUsageError(error)) throw error;
+    const scope = this.#scope();
+    const fallback = await lookupEntry(paths, scope.freshness);
+    if (fallback.state === 'absent') throw error;
+    this.#observer.staleServed(paths.key, paths.payload, error);
+    return this.#serve(paths, fallback, scope);
   }
 
   async #fetchUnderLock(
@@ -142,6 +151,8 @@ export class CacheManager {
       staleMs: this.#settings.lockStaleMs,
       timeoutMs: this.#settings.lockTimeoutMs,
       signal,
+      // Someone removed the sublayer while we waited: make it again and go on waiting.
+      recreateDir: () => ensureRealDir(dir),
       onStillWaiting: (waitedMs, holder) => this.#observer.stillWaiting(paths.key, waitedMs, holder),
       // Another writer holds the key: if it has published a fresh entry, serve it without the lock.
       satisfied: async () => {
@@ -190,19 +201,25 @@ export class CacheManager {
         previous,
         resetBody: () => writer?.requestReset(),
       };
-      const result: FetchResult = await raceAbort(
-        Promise.resolve().then(() => fetchFn(context)),
-        signal,
-      );
+      const answer = Promise.resolve().then(() => fetchFn(context));
+      const result: FetchResult = await raceAbort(answer, signal).catch((error: unknown) => {
+        // An answer that arrives after the abort is nobody's: let go of its body (and its socket).
+        if (signal.aborted) answer.then(releaseResult, () => {});
+        throw error;
+      });
       if (result === NOT_MODIFIED) {
         if (!previous)
           throw new InvalidOptionsError(`fetchFn answered NOT_MODIFIED but "${paths.key}" has no entry`);
-        await renewEntry(paths, previous.manifest, this.#now());
-        this.#observer.fetchEnded(paths.key, 'not-modified', performance.now() - startedAt);
-        return;
+        if (await renewEntry(paths, previous.manifest, this.#now())) {
+          this.#observer.fetchEnded(paths.key, 'not-modified', performance.now() - startedAt);
+          return;
+        }
+        // The entry the fetcher judged unchanged is not there any more (deleted, or replaced meanwhile):
+        // "not modified" says nothing about what is on disk now, so fetch it whole.
+        return this.#fetchAndPublish(paths, undefined, fetchFn, options, signal);
       }
       const fetched = asFetchedBody(result);
-      writer = await PayloadWriter.create(paths.payload);
+      writer = await PayloadWriter.create(paths.payload, () => ensureRealDir(paths.dir));
       await this.#writeAndPublish(paths, writer, fetched, options, signal);
       const sizeBytes = writer.sizeBytes;
       this.#observer.fetchEnded(paths.key, 'written', performance.now() - startedAt, { sizeBytes });
@@ -221,9 +238,9 @@ export class CacheManager {
     signal: AbortSignal,
   ): Promise<void> {
     try {
-      await writer.writeBody(fetched.body, signal);
+      await writer.writeBody(fetched.body, signal, oversizeGuard(paths.key, fetched));
       checkIntegrity(paths.key, writer, fetched);
-      await runValidator(paths.key, writer, options.validator);
+      await runValidator(paths.key, writer, options.validator, signal);
       signal.throwIfAborted();
       const nowMs = this.#now();
       await writer.seal(nowMs);
@@ -372,7 +389,10 @@ export class CacheManager {
       maxBytes: s.maxBytes,
       lockStaleMs: s.lockStaleMs,
       staleTmpMs: s.staleTmpMs,
-      inUseWindowMs: s.touchIntervalMs + s.evictionGraceMs,
+      // A hit records its use at most once per touchIntervalMs, so the recorded use can lag the last real
+      // one by that much: sparing twice the interval plus the grace keeps a path handed out for at least
+      // touchIntervalMs + evictionGraceMs after it was handed out, as promised.
+      inUseWindowMs: 2 * s.touchIntervalMs + s.evictionGraceMs,
       freshness: scope.freshness,
     };
   }

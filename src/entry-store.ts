@@ -157,11 +157,24 @@ export async function removeEntry(paths: EntryPaths): Promise<boolean> {
   return tombstone !== undefined || hadPayload;
 }
 
-/** Renews an entry the origin confirmed unchanged: a new `created_at`, every other field kept. */
-export async function renewEntry(paths: EntryPaths, previous: Manifest, nowMs: number): Promise<void> {
+/**
+ * Renews an entry the origin confirmed unchanged: a new `created_at`, every other field kept. Only if the
+ * entry on disk is still the one the fetcher was shown (the same manifest, a payload of its size): after a
+ * delete, or a writer whose lock failed open, "not modified" says nothing about the bytes there now, and
+ * renewing would put the old manifest over other bytes or over nothing. `false` when it was not renewed.
+ */
+export async function renewEntry(paths: EntryPaths, previous: Manifest, nowMs: number): Promise<boolean> {
+  const [stats, text] = await Promise.all([
+    lstatOrUndefined(paths.payload),
+    readManifestText(paths.manifest),
+  ]);
+  const current = text === undefined ? undefined : parseManifest(text);
+  if (!stats?.isFile() || stats.size !== previous.size_bytes) return false;
+  if (current === undefined || JSON.stringify(current) !== JSON.stringify(previous)) return false;
   await writeManifest(paths.manifest, { ...previous, created_at: new Date(nowMs).toISOString() });
   await fsyncDir(paths.dir);
   await touchEntry(paths, 0, nowMs, 0);
+  return true;
 }
 
 const CACHEDIR_TAG_SIGNATURE = 'Signature: 8a477f597d28d172789f06886806bc55';

@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs';
-import type { PayloadWriter } from './atomic-writer.js';
+import { raceAbort } from './abort.js';
+import { type PayloadWriter, releaseBody, type SizeLimit } from './atomic-writer.js';
 import { BulkPayloadCorruptError, InvalidOptionsError } from './errors.js';
 import type { FetchedBody, FetchResult, GetOrFetchOptions, NOT_MODIFIED } from './types.js';
 
@@ -20,18 +21,27 @@ export function asFetchedBody(result: Exclude<FetchResult, typeof NOT_MODIFIED>)
   return fetched;
 }
 
-/** Lets go of a body that will not be read, so an HTTP response does not hold its socket open. */
-function releaseBody(body: unknown): void {
-  const source = body as {
-    destroy?: () => void;
-    cancel?: () => Promise<void>;
-    return?: () => Promise<unknown>;
+/** Lets go of whatever body a fetcher answered with, when it will not be read. */
+export function releaseResult(result: FetchResult): void {
+  if (typeof result === 'symbol') return;
+  releaseBody(isFetchedBody(result) ? result.body : result);
+}
+
+/**
+ * The limit a streamed body must not pass: with an `expectedSize`, the first byte past it stops the write
+ * (a 300 MiB answer to a 10-byte promise does not fill the disk first). Read at every chunk, since a
+ * fetcher that restarts a download (httpFetcher on a new version) may state a new size.
+ */
+export function oversizeGuard(key: string, fetched: FetchedBody): SizeLimit {
+  return {
+    maxBytes: () => fetched.expectedSize ?? Number.POSITIVE_INFINITY,
+    error: (receivedBytes) =>
+      new BulkPayloadCorruptError(
+        key,
+        'size-mismatch',
+        `expected ${fetched.expectedSize} bytes, received at least ${receivedBytes}`,
+      ),
   };
-  try {
-    if (typeof source.destroy === 'function') source.destroy();
-    else if (typeof source.cancel === 'function') source.cancel().catch(() => {});
-    else if (typeof source.return === 'function') source.return().catch(() => {});
-  } catch {}
 }
 
 function isFetchedBody(result: Exclude<FetchResult, typeof NOT_MODIFIED>): result is FetchedBody {
@@ -64,23 +74,46 @@ export function checkIntegrity(key: string, writer: PayloadWriter, fetched: Fetc
   }
 }
 
+/**
+ * Runs the caller's validator on the sealed tmp file. It is raced with `signal`: an abort answers at once
+ * (with the signal's reason) even if the validator never settles, and the validator sees the signal too.
+ */
 export async function runValidator(
   key: string,
   writer: PayloadWriter,
   validator: GetOrFetchOptions['validator'],
+  signal: AbortSignal,
 ): Promise<void> {
   if (!validator) return;
   try {
-    await validator({
+    const info = {
       key,
       path: writer.tmpPath,
       sizeBytes: writer.sizeBytes,
       sha256: writer.sha256,
+      signal,
       bytes: () => fsp.readFile(writer.tmpPath),
-    });
+    };
+    await raceAbort(
+      Promise.resolve().then(() => validator(info)),
+      signal,
+    );
   } catch (error) {
-    const detail = error instanceof Error ? error.message : String(error);
-    throw new BulkPayloadCorruptError(key, 'validator-rejected', detail, { cause: error });
+    if (signal.aborted && error === signal.reason) throw error;
+    throw new BulkPayloadCorruptError(key, 'validator-rejected', describeThrown(error), { cause: error });
+  }
+}
+
+/** Words for anything a callback threw, even a value whose conversion to a string throws itself. */
+function describeThrown(thrown: unknown): string {
+  try {
+    return thrown instanceof Error ? String(thrown.message) : String(thrown);
+  } catch {
+    try {
+      return Object.prototype.toString.call(thrown);
+    } catch {
+      return 'a value that cannot be shown';
+    }
   }
 }
 

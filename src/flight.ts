@@ -5,13 +5,11 @@
  */
 export class Flight<T> {
   readonly promise: Promise<T>;
-  readonly refresh: boolean;
   #controller = new AbortController();
   #callers = 0;
   #onAbandoned: () => void;
 
-  constructor(refresh: boolean, start: (signal: AbortSignal) => Promise<T>, onAbandoned: () => void) {
-    this.refresh = refresh;
+  constructor(start: (signal: AbortSignal) => Promise<T>, onAbandoned: () => void) {
     this.#onAbandoned = onAbandoned;
     this.promise = start(this.#controller.signal);
     this.promise.catch(() => {}); // callers observe the rejection; an abandoned flight must not crash the process
@@ -52,39 +50,36 @@ export class Flight<T> {
   }
 }
 
-/** Flights by entry path, shared by every manager in the process: one fetch per process per entry. */
+/**
+ * Flights by entry path, shared by every manager in the process: one fetch per process per entry. A plain
+ * lookup and a `refresh` are separate flights: a refresh never waits behind a lookup (its wait would not
+ * be bounded by its own signal and lock timeout), and a lookup joins a refresh already running, whose
+ * result is as fresh as can be.
+ */
 export class FlightTable<T> {
-  #flights = new Map<string, Flight<T>>();
+  #lookups = new Map<string, Flight<T>>();
+  #refreshes = new Map<string, Flight<T>>();
 
   has(id: string): boolean {
-    return this.#flights.has(id);
+    return this.#lookups.has(id) || this.#refreshes.has(id);
   }
 
-  /**
-   * Joins the flight for `id` or starts one. A caller asking for `refresh` does not settle for a plain
-   * lookup already in flight: it waits that one out and starts its own.
-   */
-  async run(
+  /** Joins the flight for `id` (a refresh flight, for a caller that asks to refresh) or starts one. */
+  run(
     id: string,
     refresh: boolean,
     signal: AbortSignal | undefined,
     start: (signal: AbortSignal) => Promise<T>,
   ): Promise<T> {
-    for (;;) {
-      const current = this.#flights.get(id);
-      if (current && (current.refresh || !refresh)) return current.join(signal);
-      if (current) {
-        await current.promise.catch(() => {});
-        signal?.throwIfAborted();
-        continue;
-      }
-      const forget = () => {
-        if (this.#flights.get(id) === flight) this.#flights.delete(id);
-      };
-      const flight: Flight<T> = new Flight(refresh, start, forget);
-      this.#flights.set(id, flight);
-      flight.promise.then(forget, forget);
-      return flight.join(signal);
-    }
+    const running = this.#refreshes.get(id) ?? (refresh ? undefined : this.#lookups.get(id));
+    if (running) return running.join(signal);
+    const table = refresh ? this.#refreshes : this.#lookups;
+    const forget = () => {
+      if (table.get(id) === flight) table.delete(id);
+    };
+    const flight: Flight<T> = new Flight(start, forget);
+    table.set(id, flight);
+    flight.promise.then(forget, forget);
+    return flight.join(signal);
   }
 }

@@ -62,7 +62,8 @@ export class HttpStatusError extends PayloadCacheError {
 
 const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
-const DEFAULTS = {
+/** @internal The documented defaults of {@link HttpFetcherOptions} (a test holds the README to them). */
+export const HTTP_FETCHER_DEFAULTS = {
   retries: 3,
   retryDelayMs: 1_000,
   maxRetryDelayMs: 30_000,
@@ -97,11 +98,11 @@ export function httpFetcher(url: string | URL, options: HttpFetcherOptions = {})
   };
 }
 
-type Settings = typeof DEFAULTS &
+type Settings = typeof HTTP_FETCHER_DEFAULTS &
   Pick<HttpFetcherOptions, 'headers' | 'dispatcher' | 'onProgress' | 'expectedSha256'>;
 
 function resolveHttpOptions(options: HttpFetcherOptions): Settings {
-  const settings = { ...DEFAULTS, ...withoutUndefined(options) } as Settings;
+  const settings = { ...HTTP_FETCHER_DEFAULTS, ...withoutUndefined(options) } as Settings;
   const wholeNonNegative = ['retries', 'maxRedirections'] as const;
   for (const name of wholeNonNegative) {
     if (!Number.isInteger(settings[name]) || settings[name] < 0) {

@@ -13,7 +13,7 @@ import {
   parseManifest,
   readManifestText,
 } from './manifest.js';
-import { isLockHeld, isOwnLockDir, removeLockDir, whileLocked } from './soft-lock.js';
+import { isLockHeld, isOwnLockDir, removeLockDir, tryLock, whileLocked } from './soft-lock.js';
 import {
   forEachLimited,
   type LonePayload,
@@ -48,7 +48,7 @@ export interface SublayerPolicy {
   readonly maxBytes: number;
   readonly lockStaleMs: number;
   readonly staleTmpMs: number;
-  /** Entries used this recently may be in use by a reader: `touchIntervalMs + evictionGraceMs`. */
+  /** Entries whose recorded use is this recent may be in use by a reader: `2 × touchIntervalMs + evictionGraceMs`. */
   readonly inUseWindowMs: number;
   readonly freshness: Freshness;
 }
@@ -139,7 +139,7 @@ async function planOrphans(
   builder: PlanBuilder,
   rules: OrphanRules,
 ): Promise<void> {
-  const oldBefore = policy.freshness.nowMs - policy.staleTmpMs;
+  const oldBefore = orphanAgeLimit(policy);
   const records = scan.lonePayloads.length > 0 ? await manifestRecords(scan) : new Map<string, Record[]>();
   const proofsInUse = new Set<string>();
   for (const lone of scan.lonePayloads) {
@@ -189,6 +189,15 @@ async function planOrphans(
   }
 }
 
+/**
+ * Files last changed before this are old enough to be orphans. A tmp file's mtime comes from the real clock
+ * (the file system sets it while a writer streams), a sealed payload's from the manager's `now`: judged by
+ * the earlier of the two clocks, a `now` running ahead of the real one never makes a live write look old.
+ */
+function orphanAgeLimit(policy: SublayerPolicy): number {
+  return Math.min(policy.freshness.nowMs, Date.now()) - policy.staleTmpMs;
+}
+
 function lonePayloadRemoval(lone: LonePayload): PlannedRemoval {
   return {
     key: lone.paths.key,
@@ -232,8 +241,7 @@ export async function planPrune(policy: SublayerPolicy): Promise<JanitorPlan> {
   const scan = await scanSublayer(policy.dir);
   builder.foreign.push(...scan.foreign);
   const entries = await readEntries(scan.entries, builder);
-  const { nowMs } = policy.freshness;
-  const oldBefore = nowMs - policy.staleTmpMs;
+  const oldBefore = orphanAgeLimit(policy);
   const remaining: ReadEntry[] = [];
   for (const entry of entries) {
     const { manifest, mismatch } = entry;
@@ -421,9 +429,12 @@ async function execute(check: Check, policy: SublayerPolicy): Promise<Outcome> {
       return (await removeFile(check.path)) ? 'removed' : 'gone';
     }
     case 'lock': {
-      // Taking a stale lock over removes it; releasing ours removes the directory.
-      const outcome = await whileLocked(check.paths.lock, policy.lockStaleMs, async () => 'removed' as const);
-      return outcome ?? 'locked';
+      // Taking a stale lock over removes it; releasing ours removes the directory. A lock released (not
+      // broken by us) meanwhile was no stale lock of ours to report.
+      const held = await tryLock(check.paths.lock, policy.lockStaleMs);
+      if (!held) return 'locked';
+      await held.release();
+      return held.tookOver ? 'removed' : 'gone';
     }
   }
 }

@@ -149,7 +149,8 @@ export interface Freshness {
 export function isExpired(manifest: Manifest, { ttlMs, maxClockSkewMs, nowMs }: Freshness): boolean {
   const createdAtMs = parseTimestamp(manifest.created_at);
   if (createdAtMs > nowMs + maxClockSkewMs) return true;
-  return nowMs - createdAtMs >= ttlMs;
+  // A created_at slightly ahead (within the skew) is age 0, not a negative age: ttl 0 still always refetches.
+  return Math.max(0, nowMs - createdAtMs) >= ttlMs;
 }
 
 /** A manifest describes `key` unless it names another one (two keys that differ only in case collide on

@@ -87,8 +87,9 @@ export function resolveSettings(options: CacheManagerOptions): Settings {
   if (options.ttl === undefined) throw new InvalidOptionsError('option ttl is required (ms, or Infinity)');
   for (const [name, value] of Object.entries(options)) {
     if (name === 'sublayer' || value === undefined) continue;
+    // Own keys only: `hasOwnProperty` or `valueOf` must not pass as options through Object.prototype.
+    if (!Object.hasOwn(RULES, name)) throw new InvalidOptionsError(`unknown option "${name}"`);
     const rule = RULES[name as keyof typeof RULES];
-    if (!rule) throw new InvalidOptionsError(`unknown option "${name}"`);
     const expected = rule(value);
     if (expected) throw new InvalidOptionsError(`option ${name} must be ${expected}, got ${String(value)}`);
   }

@@ -35,6 +35,8 @@ const thisHost = hostname();
 export interface HeldLock {
   /** Set when the lock was lost while held (heartbeat failed, or another process broke it). */
   readonly compromised: Error | undefined;
+  /** Whether taking it meant breaking a stale lock (a dead or silent holder's) first. */
+  readonly tookOver: boolean;
   /** How long {@link waitForLock} waited for another holder; 0 when the lock was free. */
   waitedMs: number;
   /** Removes the lock if it is still ours; never throws. */
@@ -57,7 +59,7 @@ interface Heartbeat {
 
 /** Takes the lock at once or returns `undefined` when someone else holds it; a stale lock is taken over. */
 export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLock | undefined> {
-  if (lockFailsOpen) return { compromised: undefined, waitedMs: 0, release: async () => {} };
+  if (lockFailsOpen) return { compromised: undefined, tookOver: false, waitedMs: 0, release: async () => {} };
   const owner: LockOwner = {
     host: thisHost,
     pid: process.pid,
@@ -69,6 +71,7 @@ export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLo
     staleMs,
     madeDir: false,
     createdByUs: false,
+    brokeStale: false,
     observed: undefined,
     compromised: undefined,
   };
@@ -88,6 +91,7 @@ export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLo
       get compromised() {
         return state.compromised;
       },
+      tookOver: state.brokeStale,
       waitedMs: 0,
       release: () => release().catch(() => {}),
     };
@@ -129,6 +133,8 @@ export interface WaitForLockOptions {
    * all at once, instead of taking the lock one after another.
    */
   satisfied?: () => Promise<boolean>;
+  /** Called when the lock's directory has vanished (someone removed it); the wait then goes on. */
+  recreateDir?: () => Promise<void>;
 }
 
 /** How often a long wait reports itself through `onStillWaiting`. */
@@ -154,7 +160,11 @@ export async function waitForLock(
   try {
     for (let pollMs = FIRST_POLL_MS; ; pollMs = Math.min(pollMs * 1.5, MAX_POLL_MS)) {
       options.signal?.throwIfAborted();
-      const held = await tryLock(lockPath, options.staleMs);
+      const held = await tryLock(lockPath, options.staleMs).catch(async (error: unknown) => {
+        if (errorCode(error) !== 'ENOENT' || !options.recreateDir) throw error;
+        await options.recreateDir();
+        return tryLock(lockPath, options.staleMs);
+      });
       const waitedMs = Date.now() - startedAt;
       if (held) {
         held.waitedMs = pollMs === FIRST_POLL_MS ? 0 : waitedMs; // free at the first attempt: no wait
@@ -244,6 +254,8 @@ interface AdapterState {
   madeDir: boolean;
   /** Our mkdir succeeded: from then on, removing the lock means removing our own. */
   createdByUs: boolean;
+  /** We broke a stale lock before taking this one. */
+  brokeStale: boolean;
   /** What the last staleness check saw, so that a takeover removes that very lock and no other. */
   observed: Heartbeat | undefined;
   compromised: Error | undefined;
@@ -277,7 +289,9 @@ function ownerFileAdapter(state: AdapterState) {
     rmdir(lockPath: string, callback: Callback) {
       const removal = state.createdByUs
         ? removeOwnLock(lockPath, state.owner.token)
-        : breakStaleLock(lockPath, state.observed, state.staleMs);
+        : breakStaleLock(lockPath, state.observed, state.staleMs).then(() => {
+            state.brokeStale = true;
+          });
       settle(callback)(removal);
     },
     rmdirSync(lockPath: string) {

@@ -65,6 +65,8 @@ export interface PayloadInfo {
   readonly sizeBytes: number;
   /** The payload's sha256, lower-case hex, as computed while it was written. */
   readonly sha256: string;
+  /** Aborts when every caller waiting for this payload has aborted: a long validation should stop then. */
+  readonly signal: AbortSignal;
   /** Reads the whole payload into memory: convenient for small payloads only. */
   bytes(): Promise<Buffer>;
 }

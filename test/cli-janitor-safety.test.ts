@@ -228,17 +228,17 @@ describe('limits given on the command line are exact, and the plan is what is do
   it.skipIf(!hasScript)(
     'an entry that leaves the in-use window while the prompt waits is not removed: the plan said it stays',
     async () => {
-      const usedAtMs = Date.now() - 68_000;
-      const entry = await seed(root, 'data', 'in-use.zip', 'bytes', 68_000);
-      // Both are expired under --ttl 1s; in-use.zip is spared by the plan as used within the last 70 s.
+      const usedAtMs = Date.now() - 128_000;
+      const entry = await seed(root, 'data', 'in-use.zip', 'bytes', 128_000);
+      // Both are expired under --ttl 1s; in-use.zip is spared by the plan as used within the last 130 s.
       const result = await onTerminal(['prune', '--root', root, '--ttl', '1s'], async (terminal) => {
         await terminal.waitFor('[y/N]');
-        // The in-use window is 70 s: answer only once the entry has left it.
-        while (Date.now() < usedAtMs + 72_000) await new Promise((resolve) => setTimeout(resolve, 250));
+        // The in-use window is 130 s: answer only once the entry has left it.
+        while (Date.now() < usedAtMs + 132_000) await new Promise((resolve) => setTimeout(resolve, 250));
         terminal.type('y\r');
       });
       expect(result.code).toBe(0);
-      expect(result.stdout).toContain('Keeping data/in-use.zip: used in the last 70 s');
+      expect(result.stdout).toContain('Keeping data/in-use.zip: used in the last 130 s');
       expect(result.stdout).toMatch(/kept\.zip\s+expired/);
       expect(result.stdout).not.toMatch(/in-use\.zip\s+(expired|evicted)/);
       expect(await exists(entry)).toBe(true);

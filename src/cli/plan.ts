@@ -17,7 +17,7 @@ export interface SublayerOutcome {
 }
 
 const KEPT_BECAUSE: Record<KeptItem['reason'], string> = {
-  'recently-used': 'used in the last 70 s (touchIntervalMs + evictionGraceMs), maybe still being read',
+  'recently-used': 'used in the last 130 s (2 × touchIntervalMs + evictionGraceMs), maybe still being read',
   locked: 'a writer holds its lock',
   'just-written': 'just written',
   changed: 'changed since the plan was shown (used, renewed or republished)',

@@ -33,8 +33,8 @@ export const pruneCommand: Command = {
 In each sublayer (or only S): removes entries expired under --ttl, evicts the least recently used entries
 while the sublayer holds more than --keep-n entries or --max-bytes bytes (exact limits), and removes
 orphans the cache left (tmp files older than 24 h, payloads without manifest older than 24 h that a record
-proves the cache wrote, manifests without payload, locks of dead processes). Entries used in the last
-70 s and entries whose lock a writer holds are never removed.
+proves the cache wrote, manifests without payload, locks of dead processes). Entries whose recorded use
+is within the last 130 s and entries whose lock a writer holds are never removed.
 
 It deletes only what payload-cache can prove it wrote: anything else in a sublayer (your own files and
 directories) is listed as "left alone" and never touched. It refuses (exit 2) to work on a root that has

@@ -3,7 +3,7 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { backgroundSweep } from '../../src/cache-manager.js';
-import { CacheManager } from '../../src/index.js';
+import { CacheManager, NOT_MODIFIED } from '../../src/index.js';
 import { makeTempDir, manualClock, patternBytes, removeTempDirs, tmpFilesIn } from '../helpers.js';
 import { recordFigures } from './figures.js';
 
@@ -15,7 +15,7 @@ import { recordFigures } from './figures.js';
 // expiry all happen within a few steps. After every step, besides the model's exact prediction:
 // - every committed entry holds exactly the bytes of the version the model last fetched for its key;
 // - after a write or a prune, the entries exceed keepN only by entries the grace rule protects (used within
-//   touchIntervalMs + evictionGraceMs of now), the key just written being one of them;
+//   2 x touchIntervalMs + evictionGraceMs of now), the key just written being one of them;
 // - a key the model deleted or cleared is a miss; no tmp file or lock is left behind.
 
 const RUNS = 50;
@@ -25,7 +25,8 @@ const KEEP_N = 3;
 const TTL_MS = 5_000;
 const TOUCH_INTERVAL_MS = 100;
 const EVICTION_GRACE_MS = 200;
-const IN_USE_WINDOW_MS = TOUCH_INTERVAL_MS + EVICTION_GRACE_MS;
+// A hit records its use at most once per touchIntervalMs, so eviction spares twice that plus the grace.
+const IN_USE_WINDOW_MS = 2 * TOUCH_INTERVAL_MS + EVICTION_GRACE_MS;
 
 afterEach(removeTempDirs);
 
@@ -169,6 +170,94 @@ class GetOrFetch implements Command {
   toString = () => `getOrFetch(${this.key})`;
 }
 
+/** A refresh answered NOT_MODIFIED: the entry keeps its bytes and gets a new created_at (a use, too). */
+class Renew implements Command {
+  constructor(readonly key: string) {}
+  check = () => true;
+  async run(model: Model, real: Real): Promise<void> {
+    const existing = model.entries.get(this.key);
+    const nextVersion = (model.versions.get(this.key) ?? 0) + 1;
+    const returned = await real.cache.getOrFetch(
+      this.key,
+      (ctx) => (ctx.previous ? NOT_MODIFIED : bytesFor(this.key, nextVersion)),
+      { refresh: true },
+    );
+    expect(returned).toBe(path.join(real.dir, this.key));
+    if (existing) {
+      existing.createdAtMs = model.nowMs;
+      existing.lastUsedAtMs = model.nowMs;
+    } else {
+      model.versions.set(this.key, nextVersion);
+      model.entries.set(this.key, {
+        version: nextVersion,
+        createdAtMs: model.nowMs,
+        lastUsedAtMs: model.nowMs,
+      });
+    }
+    const evicted = modelEvict(model, this.key);
+    for (const key of evicted) expect(await real.cache.has(key), `${key} was evicted`).toBe(false);
+    await checkInvariants(model, real, true);
+  }
+  toString = () => `renew(${this.key})`;
+}
+
+/** A refresh whose only caller aborts while the fetcher answers, the body streams or the validator runs. */
+class AbortedRefresh implements Command {
+  constructor(
+    readonly key: string,
+    readonly at: 'fetch' | 'body' | 'validator',
+  ) {}
+  check = () => true;
+  async run(model: Model, real: Real): Promise<void> {
+    const controller = new AbortController();
+    const bytes = bytesFor(this.key, 999);
+    const aborted = () =>
+      new Promise<void>((resolve) => controller.signal.addEventListener('abort', () => resolve()));
+    const at = this.at;
+    const call = real.cache.getOrFetch(
+      this.key,
+      async () => {
+        if (at === 'fetch') {
+          controller.abort();
+          await aborted();
+        }
+        return (async function* () {
+          yield bytes.subarray(0, 10);
+          if (at === 'body') {
+            controller.abort();
+            await aborted();
+          }
+          yield bytes.subarray(10);
+        })();
+      },
+      {
+        refresh: true,
+        signal: controller.signal,
+        validator: async () => {
+          if (at !== 'validator') return;
+          controller.abort();
+          await new Promise<never>(() => {});
+        },
+      },
+    );
+    await expect(call).rejects.toThrow();
+    // Nothing changed: the previous entry (if any) is intact, and no tmp file or lock is left.
+    await checkInvariants(model, real, false);
+  }
+  toString = () => `abortedRefresh(${this.key}, ${this.at})`;
+}
+
+/** verify({ fix: true }) on a cache the model says is sound: nothing bad, nothing removed, nothing foreign. */
+class VerifyFix implements Command {
+  check = () => true;
+  async run(model: Model, real: Real): Promise<void> {
+    const report = await real.cache.verify({ fix: true });
+    expect(report).toEqual({ checked: model.entries.size, bad: [], removed: [], foreign: [] });
+    await checkInvariants(model, real, false);
+  }
+  toString = () => 'verify({ fix: true })';
+}
+
 class Get implements Command {
   constructor(readonly key: string) {}
   check = () => true;
@@ -263,6 +352,11 @@ const commands = fc.commands<Model, Real, false>(
     key.map((k) => new Delete(k)),
     fc.constant(new Clear()),
     fc.constant(new Prune()),
+    key.map((k) => new Renew(k)),
+    fc
+      .tuple(key, fc.constantFrom('fetch' as const, 'body' as const, 'validator' as const))
+      .map(([k, at]) => new AbortedRefresh(k, at)),
+    fc.constant(new VerifyFix()),
     advanceMs.map((ms) => new Advance(ms)),
     advanceMs.map((ms) => new Advance(ms)),
   ],
@@ -270,7 +364,7 @@ const commands = fc.commands<Model, Real, false>(
 );
 
 describe('random operation sequences against a model', () => {
-  it('getOrFetch / get / delete / clear / prune / clock advance agree with the model at every step', async () => {
+  it('getOrFetch / get / delete / clear / prune / NOT_MODIFIED / aborts / verify --fix / clock advance agree with the model at every step', async () => {
     await fc.assert(
       fc.asyncProperty(commands, async (sequence) => {
         const root = await makeTempDir();
