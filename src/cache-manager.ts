@@ -94,12 +94,13 @@ export class CacheManager {
   async #getOrFetch(key: string, fetchFn: FetchFn, options: GetOrFetchOptions): Promise<string> {
     validateKey(key);
     validateFetchArgs(fetchFn, options);
+    // An aborted call touches nothing: no directory, no tag, no sweep.
+    options.signal?.throwIfAborted();
     const scope = this.#scope();
     const paths = entryPaths(scope.dir, key);
     const refresh = options.refresh === true;
     // The common case first: with nothing in flight for this entry, a hit needs no flight bookkeeping.
     if (!refresh && !flights.has(paths.payload)) {
-      options.signal?.throwIfAborted();
       this.#sweepOnce(scope);
       const found = await lookupEntry(paths, scope.freshness);
       if (found.state === 'fresh') return this.#serve(paths, found, scope);

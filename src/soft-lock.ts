@@ -31,6 +31,12 @@ const FIRST_POLL_MS = 5;
 // costs the file server about 20 small requests a second.
 const MAX_POLL_MS = 50;
 const thisHost = hostname();
+/**
+ * Tokens of the locks this process holds now. Such a lock is alive by definition: its heartbeat may be
+ * late only because this process's event loop stalled, and another manager in this process must not take
+ * it over for that.
+ */
+const heldByThisProcess = new Set<string>();
 
 export interface HeldLock {
   /** Set when the lock was lost while held (heartbeat failed, or another process broke it). */
@@ -87,13 +93,17 @@ export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLo
         state.compromised = error;
       },
     });
+    heldByThisProcess.add(owner.token);
     return {
       get compromised() {
         return state.compromised;
       },
       tookOver: state.brokeStale,
       waitedMs: 0,
-      release: () => release().catch(() => {}),
+      release: () =>
+        release()
+          .catch(() => {})
+          .finally(() => heldByThisProcess.delete(owner.token)),
     };
   } catch (error) {
     if (errorCode(error) === 'ELOCKED') return undefined;
@@ -225,8 +235,8 @@ function watchForRelease(lockPath: string) {
 /** Whether a live (not stale) lock exists at `lockPath`, without taking it. */
 export async function isLockHeld(lockPath: string, staleMs: number): Promise<boolean> {
   try {
-    const { mtime } = await readHeartbeat(lockPath);
-    return !isStale(mtime, staleMs);
+    const heartbeat = await readHeartbeat(lockPath);
+    return isHeldHere(heartbeat) || !isStale(heartbeat.mtime, staleMs);
   } catch {
     return false;
   }
@@ -279,7 +289,10 @@ function ownerFileAdapter(state: AdapterState) {
       settle(callback)(
         readHeartbeat(lockPath).then((heartbeat) => {
           state.observed = heartbeat;
-          return { mtime: heartbeat.mtime };
+          // The holder's own heartbeat check must see the real mtime; anyone else in this process must
+          // never judge a lock this process holds stale.
+          const ours = heartbeat.owner?.token === state.owner.token;
+          return { mtime: !ours && isHeldHere(heartbeat) ? new Date() : heartbeat.mtime };
         }),
       );
     },
@@ -337,6 +350,11 @@ async function readHeartbeat(lockPath: string): Promise<Heartbeat> {
   } finally {
     await handle.close().catch(() => {});
   }
+}
+
+/** Whether this very process holds the lock (its heartbeat may lag only because our event loop stalled). */
+function isHeldHere(heartbeat: Heartbeat): boolean {
+  return heartbeat.owner !== undefined && heldByThisProcess.has(heartbeat.owner.token);
 }
 
 function parseOwner(text: string): LockOwner | undefined {

@@ -145,16 +145,22 @@ describe('data loss and wrong bytes', () => {
   });
 });
 
+/** A plain getOrFetch of 'k' whose fetcher has started and answers only once `release` is called. */
+async function plainFetchHeldOpen(cache: CacheManager) {
+  const release = gate<string>();
+  let fetching = false;
+  const plain = cache.getOrFetch('k', () => {
+    fetching = true;
+    return release.opened;
+  });
+  await until(() => fetching);
+  return { plain, release };
+}
+
 describe('hangs and leaks', () => {
   it('a refresh caller queued behind a plain fetch of the same key honours its AbortSignal at once', async () => {
     const cache = cacheWith({ lockTimeoutMs: 60_000 });
-    const release = gate<string>();
-    let fetching = false;
-    const plain = cache.getOrFetch('k', () => {
-      fetching = true;
-      return release.opened;
-    });
-    await until(() => fetching);
+    const { plain, release } = await plainFetchHeldOpen(cache);
     const controller = new AbortController();
     const refresh = cache.getOrFetch('k', () => 'refreshed', { refresh: true, signal: controller.signal });
     controller.abort(new Error('caller gave up'));
@@ -165,13 +171,7 @@ describe('hangs and leaks', () => {
 
   it('a refresh caller behind a plain fetch waits at most lockTimeoutMs, not twice', async () => {
     const cache = cacheWith({ lockTimeoutMs: 300 });
-    const release = gate<string>();
-    let fetching = false;
-    const plain = cache.getOrFetch('k', () => {
-      fetching = true;
-      return release.opened;
-    });
-    await until(() => fetching);
+    const { plain, release } = await plainFetchHeldOpen(cache);
     // The plain fetch holds the lock until released; the refresh must give up on its own timeout meanwhile.
     await expect(cache.getOrFetch('k', () => 'refreshed', { refresh: true })).rejects.toBeInstanceOf(
       LockTimeoutError,
@@ -403,5 +403,18 @@ describe('promises the README makes', () => {
     const manifest = JSON.parse(await fsp.readFile(`${payload}.manifest.json`, 'utf8'));
     expect(manifest.created_at).toBe('2001-01-01T00:00:00.000Z');
     expect((await fsp.stat(payload)).mtimeMs).toBe(past);
+  });
+});
+
+describe('also seen in the review', () => {
+  it('a pre-aborted refresh call creates no directory, no tag and starts no sweep', async () => {
+    const fresh = path.join(root, 'never-used');
+    const cache = new CacheManager({ sublayer: 'data', ttl: HOUR, root: fresh });
+    const controller = new AbortController();
+    controller.abort(new Error('already aborted'));
+    await expect(
+      cache.getOrFetch('k', () => 'bytes', { refresh: true, signal: controller.signal }),
+    ).rejects.toThrow('already aborted');
+    expect(await exists(fresh)).toBe(false);
   });
 });

@@ -310,6 +310,8 @@ describe('hostile manifests', () => {
     const manifestPath = `${payloadPath}.manifest.json`;
     const clock = manualClock(START_MS);
     const cache = new CacheManager({ sublayer: 'data', ttl: TTL_MS, root, now: clock.now });
+    // A first write marks the root as a cache (CACHEDIR.TAG), which the janitors below require.
+    await new CacheManager({ sublayer: 'tag', ttl: TTL_MS, root }).getOrFetch('tag', () => 'x');
     await cache.has(KEY);
     await cache[backgroundSweep];
     const seen = { fresh: 0, expired: 0, absent: 0, either: 0 };
