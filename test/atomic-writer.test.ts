@@ -43,6 +43,17 @@ describe('renameWithRetry (Windows: a scanner holds the new file for a moment)',
     expect(Date.now() - startedAt).toBeLessThan(5_000);
   });
 
+  it('keeps retrying for the documented 3 s by default before it gives up', async () => {
+    const held = heldFor(Number.POSITIVE_INFINITY, 'EPERM');
+    const startedAt = Date.now();
+    await expect(
+      renameWithRetry('a', 'b', { rename: held.rename, retryCodes: WINDOWS_SHARING_CODES }),
+    ).rejects.toMatchObject({ code: 'EPERM' });
+    // A lower bound only: a slow machine makes it longer, never shorter.
+    expect(Date.now() - startedAt).toBeGreaterThanOrEqual(2_700);
+    expect(held.calls.length).toBeGreaterThan(10);
+  });
+
   it('does not retry other errors', async () => {
     const held = heldFor(Number.POSITIVE_INFINITY, 'ENOENT');
     await expect(

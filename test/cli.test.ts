@@ -461,6 +461,22 @@ describe('fetch', () => {
     expect(stderr).toContain('data.bin: downloaded 4.0 MiB in');
   });
 
+  it.skipIf(!hasScript)(
+    'on a terminal, progress is a cli-progress bar with percentage, sizes and ETA',
+    async () => {
+      const server = await startServer((req, res) => servePayload(req, res, payload, { etag: '"v1"' }));
+      const result = await onTerminal(
+        ['fetch', server.url('/files/data.bin'), '--sublayer', 'dl', '--root', root],
+        (terminal) => terminal.waitFor('downloaded 4.0 MiB'),
+      );
+      expect(result.code).toBe(0);
+      expect(result.stdout).toMatch(
+        /data\.bin \[[\u2588\u2591]{30}\] 100% \| 4\.0 MiB of 4\.0 MiB \| .+\/s \| ETA/,
+      );
+      expect(result.stdout).not.toMatch(/^data\.bin: \d+% /m); // not the plain lines meant for logs
+    },
+  );
+
   it('a second fetch is a hit: no request, the same path', async () => {
     const server = await startServer((req, res) => servePayload(req, res, payload));
     const args = ['fetch', server.url('/data.bin'), '--sublayer', 'dl', '--root', root];

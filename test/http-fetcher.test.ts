@@ -568,13 +568,18 @@ describe('redirects', () => {
     await expectNothingPublished();
   });
 
-  it('authorization and cookie are not forwarded to another origin', async () => {
+  it('authorization, cookie and proxy-authorization are not forwarded to another origin', async () => {
     const target = await startServer((req, res) => servePayload(req, res, payload, { etag: '"x"' }));
     const origin = await startServer((_req, res) => {
       res.writeHead(302, { location: target.url('/elsewhere') });
       res.end();
     });
-    const headers = { Authorization: 'Bearer SECRET', cookie: 'session=SECRET', 'x-trace': 'kept' };
+    const headers = {
+      Authorization: 'Bearer SECRET',
+      cookie: 'session=SECRET',
+      'Proxy-Authorization': 'Basic SECRET',
+      'x-trace': 'kept',
+    };
     const returned = await cacheWith().getOrFetch(
       KEY,
       httpFetcher(origin.url('/start'), { ...quick, headers }),
@@ -583,10 +588,12 @@ describe('redirects', () => {
     expect(nth(origin.requests, 0).headers).toMatchObject({
       authorization: 'Bearer SECRET',
       cookie: 'session=SECRET',
+      'proxy-authorization': 'Basic SECRET',
     });
     const forwarded = nth(target.requests, 0).headers;
     expect(forwarded.authorization).toBeUndefined();
     expect(forwarded.cookie).toBeUndefined();
+    expect(forwarded['proxy-authorization']).toBeUndefined();
     expect(forwarded['x-trace']).toBe('kept');
     expect(target.requests).toHaveLength(1);
   });
@@ -785,16 +792,18 @@ describe('proxies from the environment', () => {
     });
   }
 
-  it('NO_PROXY=127.0.0.1 bypasses the proxy', async () => {
-    const server = await startServer((req, res) => servePayload(req, res, payload, { etag: '"p"' }));
-    const proxy = await startProxy();
-    process.env.HTTP_PROXY = proxy.origin;
-    process.env.NO_PROXY = '127.0.0.1';
-    const returned = await cacheWith().getOrFetch(KEY, httpFetcher(server.url('/direct'), quick));
-    await expectCached(returned, payload);
-    expect(proxy.requests).toHaveLength(0);
-    expect(server.requests).toHaveLength(1);
-  });
+  for (const variable of ['NO_PROXY', 'no_proxy']) {
+    it(`${variable}=127.0.0.1 bypasses the proxy`, async () => {
+      const server = await startServer((req, res) => servePayload(req, res, payload, { etag: '"p"' }));
+      const proxy = await startProxy();
+      process.env.HTTP_PROXY = proxy.origin;
+      process.env[variable] = '127.0.0.1';
+      const returned = await cacheWith().getOrFetch(KEY, httpFetcher(server.url('/direct'), quick));
+      await expectCached(returned, payload);
+      expect(proxy.requests).toHaveLength(0);
+      expect(server.requests).toHaveLength(1);
+    });
+  }
 });
 
 describe('abort', () => {

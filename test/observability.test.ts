@@ -62,6 +62,25 @@ describe('stats()', () => {
     expect(lockWaits.count).toBe(1);
     expect(lockWaits.totalMs).toBeGreaterThanOrEqual(80);
   });
+
+  it('publishes payload-cache:lock:wait with waitedMs only when another holder made it wait', async () => {
+    const cache = cacheWith();
+    await cache.getOrFetch('warm', () => 'x');
+    const messages: Record<string, unknown>[] = [];
+    const listener = (message: unknown) => messages.push(message as Record<string, unknown>);
+    diagnosticsChannel.subscribe('payload-cache:lock:wait', listener);
+    try {
+      await cache.getOrFetch('free', () => 'v');
+      expect(messages).toEqual([]);
+      const held = await tryLock(path.join(root, 'obs', 'k.lock'), 10_000);
+      setTimeout(() => void held?.release(), 100);
+      await cache.getOrFetch('k', () => 'v');
+      expect(messages).toEqual([{ sublayer: 'obs', key: 'k', waitedMs: expect.any(Number) }]);
+      expect(messages[0]?.waitedMs).toBeGreaterThanOrEqual(80);
+    } finally {
+      diagnosticsChannel.unsubscribe('payload-cache:lock:wait', listener);
+    }
+  });
 });
 
 describe('diagnostics channels', () => {
