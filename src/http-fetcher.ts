@@ -15,8 +15,14 @@ export interface HttpProgress {
 
 /** Options of {@link httpFetcher}. */
 export interface HttpFetcherOptions {
-  /** Extra request headers (e.g. authorization). Never echoed in error messages; dropped on cross-origin redirects. */
+  /**
+   * Extra request headers (e.g. authorization, an API key). Never echoed in error messages. All of them are
+   * dropped when a redirect leaves the origin (any of them may be a credential), unless
+   * `keepHeadersAcrossOrigins` is set; `authorization`, `cookie` and `proxy-authorization` are dropped even then.
+   */
   headers?: Record<string, string>;
+  /** Send `headers` (but never the three credential headers) to the origin a redirect leads to. Default false. */
+  keepHeadersAcrossOrigins?: boolean;
   /** An undici Dispatcher (Agent, ProxyAgent, MockAgent...). Default: a fresh `EnvHttpProxyAgent` per download. */
   dispatcher?: Dispatcher;
   /** Failed requests and broken bodies retried (resumes included). Default 3. */
@@ -99,7 +105,10 @@ export function httpFetcher(url: string | URL, options: HttpFetcherOptions = {})
 }
 
 type Settings = typeof HTTP_FETCHER_DEFAULTS &
-  Pick<HttpFetcherOptions, 'headers' | 'dispatcher' | 'onProgress' | 'expectedSha256'>;
+  Pick<
+    HttpFetcherOptions,
+    'headers' | 'dispatcher' | 'onProgress' | 'expectedSha256' | 'keepHeadersAcrossOrigins'
+  >;
 
 function resolveHttpOptions(options: HttpFetcherOptions): Settings {
   const settings = { ...HTTP_FETCHER_DEFAULTS, ...withoutUndefined(options) } as Settings;
@@ -133,6 +142,10 @@ class Download {
   #retriesLeft: number;
   #failures = 0;
   #current: Response | undefined;
+  /** The first response allowed resuming: `Accept-Ranges: bytes`, no encoding, a strong validator. */
+  #canResume = false;
+  /** Last-Modified is a strong validator: at least a second older than the response's Date. */
+  #lastModifiedIsStrong = false;
   /** The URL that answered last (after redirects), for messages. */
   #resolvedUrl: URL;
   totalBytes: number | undefined;
@@ -146,7 +159,9 @@ class Download {
     this.#ctx = ctx;
     this.#retriesLeft = settings.retries;
     this.#ownsDispatcher = settings.dispatcher === undefined;
-    this.#dispatcher = settings.dispatcher ?? new EnvHttpProxyAgent();
+    // undici's own connect timeout (10 s) would otherwise outlast a shorter timeoutMs.
+    this.#dispatcher =
+      settings.dispatcher ?? new EnvHttpProxyAgent({ connect: { timeout: settings.timeoutMs } });
   }
 
   /**
@@ -165,12 +180,18 @@ class Download {
       }
       const status = response.statusCode;
       const revalidated = status === 304 && conditional && this.#ctx.previous !== undefined;
-      if ((status >= 200 && status < 300) || revalidated) {
+      // Only a 200, or a 206 / 416 answering our range request, is about the representation itself: a 202's
+      // or a 204's body is not the resource and must never become its payload.
+      const usable = status === 200 || (offset > 0 && (status === 206 || status === 416)) || revalidated;
+      if (usable) {
         this.#current = response;
         return response;
       }
       await discard(response);
-      if (!RETRYABLE_STATUS.has(status)) throw new HttpStatusError(status, this.#resolvedUrl);
+      if (!RETRYABLE_STATUS.has(status)) {
+        const detail = status >= 200 && status < 300 ? 'a success status that carries no payload' : '';
+        throw new HttpStatusError(status, this.#resolvedUrl, detail);
+      }
       await this.#backoff(new HttpStatusError(status, this.#resolvedUrl), retryAfterMs(response));
     }
   }
@@ -209,23 +230,29 @@ class Download {
   async *#chunks(first: Response): AsyncGenerator<Uint8Array> {
     let response = first;
     let received = 0;
-    const { maxBytes, onProgress } = this.#settings;
+    const { maxBytes } = this.#settings;
     for (;;) {
       try {
         for await (const chunk of decodedBody(response, this.#resolvedUrl)) {
           received += (chunk as Buffer).byteLength;
           if (received > maxBytes) throw this.#tooLarge(received);
-          onProgress?.({ receivedBytes: received, totalBytes: this.totalBytes });
+          this.#reportProgress(received);
           yield chunk as Buffer;
         }
-        return;
+        // A body that ends short of the known size (a 206 for less than the rest, a connection closed
+        // cleanly too early) is a break like any other: resume it or fail as truncated.
+        if (this.totalBytes === undefined || received >= this.totalBytes) return;
+        throw new Error(`the body ended after ${received} of ${this.totalBytes} bytes`);
       } catch (error) {
+        if (error instanceof CallerError) throw error.thrown;
         if (error instanceof PayloadCacheError || this.#ctx.signal.aborted) throw this.#abortReasonOr(error);
         response.body.destroy();
         if (this.#retriesLeft === 0) throw this.#truncated(received, error);
         await this.#backoff(error, undefined);
-        response = await this.#resume(response, received);
-        if (!isResumeOf(response, received)) {
+        const next = await this.#resume(received);
+        if (next === COMPLETE) return;
+        response = next;
+        if (!this.#continues(response, received)) {
           this.#ctx.resetBody();
           received = 0;
         }
@@ -234,27 +261,81 @@ class Download {
     }
   }
 
+  /** `onProgress` is the caller's code: what it throws ends the download as it is, never as a network break. */
+  #reportProgress(receivedBytes: number): void {
+    try {
+      this.#settings.onProgress?.({ receivedBytes, totalBytes: this.totalBytes });
+    } catch (thrown) {
+      throw new CallerError(thrown);
+    }
+  }
+
   /**
-   * Asks for the rest of a broken body. Only a `206` whose `Content-Range` starts exactly at `received`
-   * continues it; a `200` is the whole payload again, and a `206` for any other range is dropped and the
-   * whole payload requested: partial data is never appended to bytes it does not follow.
+   * Asks for the rest of a broken body, with `If-Range` and a strong validator only. What may continue the
+   * bytes received so far is a `206` of the same representation (`#continues`); a `200` is the whole payload
+   * again, and any other answer is dropped and the whole payload requested: partial data is never appended
+   * to bytes it does not follow. A `416` saying the representation is exactly as long as what we have means
+   * the body was complete (a chunked body that lost only its last chunk).
    */
-  async #resume(broken: Response, received: number): Promise<Response> {
-    if (received === 0 || !canResume(broken)) return this.open(0, false);
+  async #resume(received: number): Promise<Response | typeof COMPLETE> {
+    if (received === 0 || !this.#canResume) return this.open(0, false);
     const next = await this.open(received, false);
-    if (next.statusCode !== 206 || isResumeOf(next, received)) return next;
+    if (next.statusCode === 416) {
+      await discard(next);
+      const total = unsatisfiedRangeTotal(next);
+      const known = this.totalBytes === undefined || this.totalBytes === received;
+      if (total === received && known) return COMPLETE;
+      return this.open(0, false);
+    }
+    if (next.statusCode !== 206 || this.#continues(next, received)) return next;
     await discard(next);
     return this.open(0, false);
+  }
+
+  /**
+   * Whether a `206` continues exactly the bytes received: it starts at `received`, comes with the validator
+   * we asked for (a server that ignored `If-Range` may send another version's bytes) and gives the total we
+   * know. A range that stops short of the end is fine: when its body ends, the rest is asked for again.
+   */
+  #continues(response: Response, received: number): boolean {
+    if (response.statusCode !== 206) return false;
+    const range = contentRange(response);
+    if (!range || range.start !== received || range.end < range.start) return false;
+    const etag = header(response.headers, 'etag');
+    if (etag !== undefined && etag !== this.etag) return false;
+    const lastModified = header(response.headers, 'last-modified');
+    if (this.etag === undefined && lastModified !== undefined && lastModified !== this.lastModified)
+      return false;
+    const total = range.total ?? this.totalBytes;
+    if (this.totalBytes !== undefined && total !== this.totalBytes) return false;
+    return total === undefined || range.end < total;
+  }
+
+  /**
+   * The validator for `If-Range`, which must be strong (RFC 9110 13.1.5): a strong entity tag, or, when no
+   * entity tag is known at all, a Last-Modified at least a second older than the response's Date.
+   */
+  #resumeValidator(): string | undefined {
+    if (this.etag !== undefined) return this.etag.startsWith('W/') ? undefined : this.etag;
+    return this.#lastModifiedIsStrong ? this.lastModified : undefined;
   }
 
   #adopt(response: Response): void {
     this.#current = response;
     const headers = response.headers;
     const encoded = contentEncoding(response) !== 'identity';
-    this.totalBytes = encoded ? undefined : totalBytesOf(response);
     if (response.statusCode === 200) {
+      this.totalBytes = encoded ? undefined : totalBytesOf(response);
       this.etag = header(headers, 'etag');
       this.lastModified = header(headers, 'last-modified');
+      const date = Date.parse(header(headers, 'date') ?? '');
+      const modified = Date.parse(this.lastModified ?? '');
+      this.#lastModifiedIsStrong = date - modified >= 1_000;
+      const ranges = header(headers, 'accept-ranges')?.toLowerCase() === 'bytes';
+      this.#canResume = ranges && !encoded && this.#resumeValidator() !== undefined;
+    } else if (response.statusCode === 206) {
+      // A 206 never erases a total we know (`Content-Range: bytes a-b/*`).
+      this.totalBytes = contentRange(response)?.total ?? this.totalBytes;
     }
     if (this.totalBytes !== undefined && this.totalBytes > this.#settings.maxBytes)
       throw this.#tooLarge(this.totalBytes);
@@ -293,9 +374,21 @@ class Download {
           `redirect to unsupported protocol ${next.protocol}`,
         );
       }
-      if (next.origin !== url.origin) headers = withoutCredentialHeaders(headers);
+      if (next.origin !== url.origin) headers = this.#headersForAnotherOrigin(headers);
       url = next;
     }
+  }
+
+  /** What may follow a redirect to another origin: the fetcher's own headers, and the caller's if allowed. */
+  #headersForAnotherOrigin(headers: Record<string, string>): Record<string, string> {
+    const callers = new Set(Object.keys(lowerCaseKeys(this.#settings.headers)));
+    return Object.fromEntries(
+      Object.entries(headers).filter(
+        ([name]) =>
+          !CREDENTIAL_HEADERS.has(name) &&
+          (this.#settings.keepHeadersAcrossOrigins === true || !callers.has(name)),
+      ),
+    );
   }
 
   #requestHeaders(offset: number, conditional: boolean): Record<string, string> {
@@ -310,7 +403,7 @@ class Download {
     }
     if (offset > 0) {
       headers.range = `bytes=${offset}-`;
-      const validator = this.etag && !this.etag.startsWith('W/') ? this.etag : this.lastModified;
+      const validator = this.#resumeValidator();
       if (validator) headers['if-range'] = validator;
     }
     return headers;
@@ -376,7 +469,27 @@ function decodedBody(response: Response, url: URL): AsyncIterable<unknown> {
       `unsupported Content-Encoding "${encoding}" from ${describeUrl(url)}`,
     );
   }
-  return pipeline(response.body, decoder(), () => {}) as unknown as AsyncIterable<unknown>;
+  const decoding = decoder();
+  // Bytes that do not decode will not decode on a retry either: fail at once, with the encoding named.
+  const decoded = pipeline(response.body, decoding, () => {}) as unknown as NodeJS.ReadableStream;
+  return (async function* () {
+    try {
+      yield* decoded as AsyncIterable<unknown>;
+    } catch (error) {
+      if (!isDecoderError(error)) throw error;
+      throw new PayloadCacheError(
+        'ERR_HTTP_CONTENT_ENCODING',
+        `the ${encoding} body from ${describeUrl(url)} cannot be decoded: ${(error as Error).message}`,
+        { cause: error },
+      );
+    }
+  })();
+}
+
+/** zlib's errors carry `Z_…` codes (gzip, deflate) or `ERR__ERROR_…`/`ERR_BROTLI…` (brotli). */
+function isDecoderError(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code ?? '';
+  return code.startsWith('Z_') || code.startsWith('ERR__ERROR') || code.startsWith('ERR_BROTLI');
 }
 
 const DECODERS: Record<string, () => NodeJS.ReadWriteStream> = {
@@ -397,32 +510,40 @@ function totalBytesOf(response: Response): number | undefined {
   return Number.isSafeInteger(length) && length >= 0 ? length : undefined;
 }
 
-function contentRange(response: Response): { start: number; total: number | undefined } | undefined {
+function contentRange(
+  response: Response,
+): { start: number; end: number; total: number | undefined } | undefined {
   const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(response.headers, 'content-range') ?? '');
   if (!match) return undefined;
-  return { start: Number(match[1]), total: match[3] === '*' ? undefined : Number(match[3]) };
+  const total = match[3] === '*' ? undefined : Number(match[3]);
+  return { start: Number(match[1]), end: Number(match[2]), total };
 }
 
-function isResumeOf(response: Response, received: number): boolean {
-  return received > 0 && response.statusCode === 206 && contentRange(response)?.start === received;
+/** The representation's length a `416` states in `Content-Range: bytes *\/N`. */
+function unsatisfiedRangeTotal(response: Response): number | undefined {
+  const match = /^bytes \*\/(\d+)$/.exec(header(response.headers, 'content-range') ?? '');
+  return match ? Number(match[1]) : undefined;
 }
 
-function canResume(response: Response): boolean {
-  const ranges = header(response.headers, 'accept-ranges')?.toLowerCase();
-  const hasValidator =
-    header(response.headers, 'etag') !== undefined || header(response.headers, 'last-modified') !== undefined;
-  return (
-    (ranges === 'bytes' || response.statusCode === 206) &&
-    hasValidator &&
-    contentEncoding(response) === 'identity'
-  );
+/** The body of a resumed download already holds everything (a `416` for exactly the length received). */
+const COMPLETE = Symbol('complete');
+
+/** Something the caller's own callback threw: it ends the download unchanged, never as a network break. */
+class CallerError {
+  constructor(readonly thrown: unknown) {}
 }
 
-/** `Retry-After` in ms: delta-seconds or an HTTP date. */
+// RFC 9110 5.6.7: IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), RFC 850 ("Sunday, 06-Nov-94 08:49:37 GMT")
+// and asctime ("Sun Nov  6 08:49:37 1994"). Anything else (V8 reads "1.5" as a date in 2001) is not a date.
+const HTTP_DATE =
+  /^(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT|[A-Z][a-z]+day, \d{2}-[A-Z][a-z]{2}-\d{2} \d{2}:\d{2}:\d{2} GMT|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4})$/;
+
+/** `Retry-After` in ms: delta-seconds or an HTTP date; anything else (`1.5`, `-1`) is ignored: backoff applies. */
 function retryAfterMs(response: Response): number | undefined {
-  const value = header(response.headers, 'retry-after');
+  const value = header(response.headers, 'retry-after')?.trim();
   if (value === undefined) return undefined;
-  if (/^\d+$/.test(value.trim())) return Number(value) * 1_000;
+  if (/^\d+$/.test(value)) return Number(value) * 1_000;
+  if (!HTTP_DATE.test(value)) return undefined;
   const at = Date.parse(value);
   return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
 }
@@ -437,10 +558,6 @@ async function discard(response: Response): Promise<void> {
 }
 
 const CREDENTIAL_HEADERS = new Set(['authorization', 'cookie', 'proxy-authorization']);
-
-function withoutCredentialHeaders(headers: Record<string, string>): Record<string, string> {
-  return Object.fromEntries(Object.entries(headers).filter(([name]) => !CREDENTIAL_HEADERS.has(name)));
-}
 
 function lowerCaseKeys(headers: Record<string, string> | undefined): Record<string, string> {
   return Object.fromEntries(
