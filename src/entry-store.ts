@@ -22,7 +22,6 @@ import {
   readManifest,
   readManifestText,
   SCHEMA_VERSION,
-  writeManifest,
 } from './manifest.js';
 import { whileLocked } from './soft-lock.js';
 
@@ -171,7 +170,10 @@ export async function renewEntry(paths: EntryPaths, previous: Manifest, nowMs: n
   const current = text === undefined ? undefined : parseManifest(text);
   if (!stats?.isFile() || stats.size !== previous.size_bytes) return false;
   if (current === undefined || JSON.stringify(current) !== JSON.stringify(previous)) return false;
-  await writeManifest(paths.manifest, { ...previous, created_at: new Date(nowMs).toISOString() });
+  await writeFileAtomic(
+    paths.manifest,
+    manifestText({ ...previous, created_at: new Date(nowMs).toISOString() }),
+  );
   await fsyncDir(paths.dir);
   await touchEntry(paths, 0, nowMs, 0);
   return true;

@@ -1,6 +1,5 @@
 import { constants, promises as fsp } from 'node:fs';
 import { z } from 'zod';
-import { writeFileAtomic } from './atomic-writer.js';
 
 /** Written by this version; readers also accept imf_reader's string versions such as `"1.5.0"`. */
 export const SCHEMA_VERSION = 1;
@@ -129,11 +128,6 @@ async function readUpTo(handle: fsp.FileHandle, maxBytes: number): Promise<strin
 /** The bytes of a manifest file. */
 export function manifestText(manifest: Manifest): string {
   return `${JSON.stringify(manifest)}\n`;
-}
-
-/** Writes a manifest atomically (tmp, fsync, rename); the caller fsyncs the directory. */
-export async function writeManifest(manifestPath: string, manifest: Manifest): Promise<void> {
-  await writeFileAtomic(manifestPath, manifestText(manifest));
 }
 
 export interface Freshness {

@@ -31,6 +31,7 @@ const FIRST_POLL_MS = 5;
 // costs the file server about 20 small requests a second.
 const MAX_POLL_MS = 50;
 const thisHost = hostname();
+const thisProcess: ProcessIdentity = readProcessIdentity();
 /**
  * Tokens of the locks this process holds now. Such a lock is alive by definition: its heartbeat may be
  * late only because this process's event loop stalled, and another manager in this process must not take
@@ -49,11 +50,22 @@ export interface HeldLock {
   release(): Promise<void>;
 }
 
-interface LockOwner {
+interface LockOwner extends ProcessIdentity {
   host: string;
   pid: number;
   token: string;
   acquiredAt: string;
+}
+
+/**
+ * What tells one process from every other, on Linux: the boot (pids restart at each boot), the PID
+ * namespace (containers, even with the host's name, number their processes apart) and the process's start
+ * time (a pid is reused once its process is gone). Empty elsewhere.
+ */
+interface ProcessIdentity {
+  bootId?: string;
+  pidNamespace?: string;
+  startTime?: string;
 }
 
 interface Heartbeat {
@@ -71,6 +83,7 @@ export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLo
     pid: process.pid,
     token: randomUUID(),
     acquiredAt: new Date().toISOString(),
+    ...thisProcess,
   };
   const state: AdapterState = {
     owner,
@@ -344,9 +357,8 @@ async function readHeartbeat(lockPath: string): Promise<Heartbeat> {
     const stats = await handle.stat();
     const mtime = stats.mtime;
     const owner = stats.isFile() ? parseOwner(await handle.readFile('utf8')) : undefined;
-    // On the same host a dead pid proves the holder is gone; no need to wait for the heartbeat to age.
-    const holderIsDead = owner?.host === thisHost && !isProcessAlive(owner.pid);
-    return { mtime: holderIsDead ? new Date(0) : mtime, owner };
+    // Exact proof that the holder is gone ends the wait at once; anything less, the heartbeat's age decides.
+    return { mtime: owner && isProvablyDead(owner) ? new Date(0) : mtime, owner };
   } finally {
     await handle.close().catch(() => {});
   }
@@ -365,6 +377,47 @@ function parseOwner(text: string): LockOwner | undefined {
     }
   } catch {}
   return undefined;
+}
+
+/**
+ * Whether the holder is certainly gone (DESIGN.md principle 8). On Linux that takes the same boot and the
+ * same PID namespace as ours (a pid means nothing across either: a container with the host's name cannot
+ * see the host's processes), and then a pid that no longer runs, or runs a process started at another
+ * time. Elsewhere (no namespaces) the same host name and a pid that no longer runs. A live process of
+ * another user answers EPERM: alive.
+ */
+function isProvablyDead(owner: LockOwner): boolean {
+  if (owner.host !== thisHost) return false;
+  if (thisProcess.bootId !== undefined) {
+    if (owner.bootId !== thisProcess.bootId || owner.pidNamespace !== thisProcess.pidNamespace) return false;
+    if (!isProcessAlive(owner.pid)) return true;
+    const startTime = processStartTime(owner.pid);
+    return owner.startTime !== undefined && startTime !== undefined && startTime !== owner.startTime;
+  }
+  return !isProcessAlive(owner.pid);
+}
+
+function readProcessIdentity(): ProcessIdentity {
+  if (process.platform !== 'linux') return {};
+  try {
+    return {
+      bootId: fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(),
+      pidNamespace: fs.readlinkSync('/proc/self/ns/pid'),
+      startTime: processStartTime(process.pid),
+    };
+  } catch {
+    return {};
+  }
+}
+
+/** Field 22 of /proc/<pid>/stat (clock ticks after boot); the name before it may hold spaces and ')'. */
+function processStartTime(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
 }
 
 function isProcessAlive(pid: number): boolean {

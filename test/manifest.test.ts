@@ -2,13 +2,14 @@ import { promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { writeFileAtomic } from '../src/atomic-writer.js';
 import {
   isExpired,
   type Manifest,
+  manifestText,
   parseManifest,
   parseTimestamp,
   readManifest,
-  writeManifest,
 } from '../src/manifest.js';
 import { symlinksNeedPrivilege } from './helpers.js';
 
@@ -176,7 +177,7 @@ describe('isExpired', () => {
   });
 });
 
-describe('readManifest and writeManifest on disk', () => {
+describe('readManifest and manifests written atomically on disk', () => {
   let dir: string;
 
   beforeEach(async () => {
@@ -228,19 +229,19 @@ describe('readManifest and writeManifest on disk', () => {
     expect(await readManifest(garbage)).toBeUndefined();
   });
 
-  it('round-trips through writeManifest and leaves no tmp file behind', async () => {
+  it('round-trips through writeFileAtomic(manifestText) and leaves no tmp file behind', async () => {
     const file = path.join(dir, 'weo.zip.manifest.json');
     const manifest = manifestOf({ ...VALID_V1, origin_url: 'https://example.org/weo.zip' });
-    await writeManifest(file, manifest);
+    await writeFileAtomic(file, manifestText(manifest));
     expect(await readManifest(file)).toEqual(manifest);
     expect(await fsp.readdir(dir)).toEqual(['weo.zip.manifest.json']);
   });
 
   it('replaces an existing manifest and leaves no tmp file behind', async () => {
     const file = path.join(dir, 'weo.zip.manifest.json');
-    await writeManifest(file, manifestOf(VALID_V1));
+    await writeFileAtomic(file, manifestText(manifestOf(VALID_V1)));
     const renewed = manifestOf({ ...VALID_V1, created_at: '2026-12-01T00:00:00.000Z' });
-    await writeManifest(file, renewed);
+    await writeFileAtomic(file, manifestText(renewed));
     expect(await readManifest(file)).toEqual(renewed);
     const names = await fsp.readdir(dir);
     expect(names).toEqual(['weo.zip.manifest.json']);

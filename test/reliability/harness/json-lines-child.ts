@@ -29,8 +29,15 @@ export class JsonLinesChild<E extends ChildEvent = ChildEvent> {
   #closed = false;
   #listeners = new Set<() => void>();
 
-  constructor(script: string, config: unknown, env: NodeJS.ProcessEnv = process.env) {
-    this.process = spawn(process.execPath, [script, JSON.stringify(config)], { stdio: 'pipe', env });
+  /** `launcher` runs node inside another program (`unshare --pid --fork ...`), which gets node's command line. */
+  constructor(
+    script: string,
+    config: unknown,
+    env: NodeJS.ProcessEnv = process.env,
+    launcher: string[] = [],
+  ) {
+    const command = [...launcher, process.execPath, script, JSON.stringify(config)];
+    this.process = spawn(command[0] as string, command.slice(1), { stdio: 'pipe', env });
     live.add(this as JsonLinesChild);
     this.process.stderr.setEncoding('utf8').on('data', (text: string) => {
       this.#stderr += text;
