@@ -3,7 +3,7 @@ import { constants, promises as fsp } from 'node:fs';
 import { raceAbort } from './abort.js';
 import { crashPoint } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
-import { ForeignFileError, InvalidOptionsError } from './errors.js';
+import { FileBusyError, ForeignFileError, InvalidOptionsError } from './errors.js';
 import { describeKind, errorCode, lstatOrUndefined, removeFile, renameWithRetry } from './file-system.js';
 import type { Body } from './types.js';
 
@@ -22,7 +22,8 @@ export class PayloadWriter {
   #sizeBytes = 0;
   #resetRequested = false;
   #sha256: string | undefined;
-  #inode = 0;
+  /** The sealed file's size and mtime as the file system keeps them: what tells it from any other. */
+  #sealed: { sizeBytes: number; mtimeMs: number } | undefined;
 
   private constructor(tmpPath: string, handle: fsp.FileHandle) {
     this.tmpPath = tmpPath;
@@ -96,16 +97,22 @@ export class PayloadWriter {
   }
 
   /**
-   * Sets the last-used time and flushes the bytes to stable storage. The file stays open until
-   * {@link PayloadWriter.close}: while it is open its inode number cannot be reused by another file, which
-   * {@link PayloadWriter.isPublishedAt} relies on.
+   * Sets the last-used time, flushes the bytes to stable storage and closes the file: SMB and Windows
+   * refuse to rename a file that is still open. What the file system then reports for its size and mtime
+   * (whole seconds on SMB) is what {@link PayloadWriter.isPublishedAt} recognises it by.
    */
   async seal(lastUsedAtMs: number): Promise<void> {
     const handle = this.#openHandle();
-    const when = new Date(lastUsedAtMs);
-    await handle.utimes(when, when);
+    // A random fraction of a millisecond (kept where the file system keeps nanoseconds) tells this file
+    // from another writer's sealed in the same millisecond; as a last-used time it changes nothing, since
+    // readers round mtimes to the millisecond (lastUsedAtMs). Kept within 0.05 to 0.45 ms: timestamps
+    // passed as float seconds come back a microsecond or so off, and must still round to this millisecond.
+    const whenSeconds = (lastUsedAtMs + 0.05 + Math.random() * 0.4) / 1_000;
+    await handle.utimes(whenSeconds, whenSeconds);
     await handle.sync();
-    this.#inode = (await handle.stat()).ino;
+    await this.close();
+    const stats = await fsp.lstat(this.tmpPath);
+    this.#sealed = { sizeBytes: stats.size, mtimeMs: stats.mtimeMs };
   }
 
   async close(): Promise<void> {
@@ -115,13 +122,17 @@ export class PayloadWriter {
   }
 
   /**
-   * Whether `filePath` is still the file this writer published. `true` when the file system reports no
-   * inode numbers, since nothing can be told then.
+   * Whether `filePath` is still the file this writer published: the same size and the same mtime (set at
+   * sealing, with a random sub-millisecond part). Inode numbers would be stronger but FUSE and SMB renumber
+   * files on rename, which would withdraw good entries; two writers whose locks failed open would need to
+   * seal equal sizes at the same instant (within the same second on SMB, which keeps whole seconds) to be
+   * confused.
    */
   async isPublishedAt(filePath: string): Promise<boolean> {
-    if (this.#inode === 0) return true;
-    const stats = await fsp.lstat(filePath).catch(() => undefined);
-    return stats?.ino === this.#inode;
+    const stats = await lstatOrUndefined(filePath);
+    return (
+      stats !== undefined && stats.size === this.#sealed?.sizeBytes && stats.mtimeMs === this.#sealed.mtimeMs
+    );
   }
 
   /**
@@ -132,7 +143,14 @@ export class PayloadWriter {
   async renameTo(target: string): Promise<void> {
     const existing = await lstatOrUndefined(target);
     if (existing?.isDirectory()) throw new ForeignFileError(target, describeKind(existing));
-    await renameWithRetry(this.tmpPath, target);
+    try {
+      await renameWithRetry(this.tmpPath, target);
+    } catch (error) {
+      if (['EBUSY', 'EEXIST', 'EPERM', 'EACCES'].includes(errorCode(error))) {
+        throw new FileBusyError(target, { cause: error });
+      }
+      throw error;
+    }
   }
 
   /** Closes and removes the tmp file; never throws (it runs on error paths). */

@@ -1,4 +1,4 @@
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
 import { type PayloadWriter, writeFileAtomic, writeTmpFile } from './atomic-writer.js';
 import { crashPoint } from './crash-points.js';
@@ -50,7 +50,15 @@ export async function lookupEntry(paths: EntryPaths, freshness: Freshness): Prom
   if (!stats?.isFile() || !manifest) return ABSENT;
   if (manifest.size_bytes !== stats.size || !describesKey(manifest, paths.key)) return ABSENT;
   const state = isExpired(manifest, freshness) ? 'expired' : 'fresh';
-  return { state, manifest, sizeBytes: stats.size, lastUsedAtMs: stats.mtimeMs };
+  return { state, manifest, sizeBytes: stats.size, lastUsedAtMs: lastUsedAtMs(stats) };
+}
+
+/**
+ * A payload's last use, to the nearest millisecond: its mtime, whose sub-millisecond part is a sealing
+ * nonce (PayloadWriter.seal) or float-conversion noise, and says nothing about use.
+ */
+export function lastUsedAtMs(stats: Stats): number {
+  return Math.round(stats.mtimeMs);
 }
 
 /**
@@ -105,6 +113,8 @@ export async function commitEntry(
     await writer.renameTo(paths.payload);
   } catch (error) {
     await removeFile(pendingManifest).catch(() => {});
+    // The old payload is still in place (the rename failed): its manifest goes back, the old entry stands.
+    if (retired) await restoreManifest(retired, paths.manifest);
     throw error;
   }
   // From here on a failure leaves the pending manifest in place: it is what proves the payload is ours.
@@ -143,6 +153,17 @@ export async function retireManifest(manifestPath: string): Promise<string | und
     if (errorCode(error) === 'ENOENT') return undefined;
     throw error;
   }
+}
+
+/**
+ * Puts a retired manifest back, but never over a manifest another writer placed meanwhile: `link` fails
+ * when the name is taken. Where links are not supported the key simply stays a miss (the tombstone is swept).
+ */
+async function restoreManifest(tombstone: string, manifestPath: string): Promise<void> {
+  try {
+    await fsp.link(tombstone, manifestPath);
+    await removeFile(tombstone);
+  } catch {}
 }
 
 /**
@@ -250,8 +271,9 @@ export async function removeEntryIfUnchanged(
     )
       return 'changed';
     if (seen.lastUsedAtMs !== undefined) {
-      if (stats.mtimeMs > (seen.nowMs ?? Date.now()) - (seen.inUseWindowMs ?? 0)) return 'recently-used';
-      if (stats.mtimeMs !== seen.lastUsedAtMs) return 'changed';
+      const usedAtMs = lastUsedAtMs(stats);
+      if (usedAtMs > (seen.nowMs ?? Date.now()) - (seen.inUseWindowMs ?? 0)) return 'recently-used';
+      if (usedAtMs !== seen.lastUsedAtMs) return 'changed';
     }
     await removeEntry(paths);
     return 'removed';

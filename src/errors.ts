@@ -94,6 +94,25 @@ export class ForeignFileError extends PayloadCacheError {
 }
 
 /**
+ * A payload could not be replaced because another process held it (or the new file) open for longer than
+ * the rename retries last: Windows and SMB refuse to rename over an open file. The previous entry is kept;
+ * try again once the reader is done.
+ */
+export class FileBusyError extends PayloadCacheError {
+  /** The file that could not be replaced. */
+  readonly path: string;
+
+  constructor(filePath: string, options?: { cause?: unknown }) {
+    super(
+      'ERR_FILE_BUSY',
+      `could not replace ${filePath}: another process holds it open; the previous entry is kept`,
+      options,
+    );
+    this.path = filePath;
+  }
+}
+
+/**
  * `prune()`, `clear()` and `verify({ fix: true })` act only on a cache root that carries payload-cache's
  * own `CACHEDIR.TAG` (written by the first write into that root), so that pointing them at the wrong
  * directory cannot delete anything there.

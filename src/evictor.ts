@@ -3,7 +3,7 @@ import type { SublayerPolicy } from './janitor.js';
 import { countEntriesByName, type ScannedEntry, scanSublayer } from './sublayer-scan.js';
 import type { PruneReport } from './types.js';
 
-/** Least recently used first; ties broken by key so the order is stable. */
+/** Least recently used first (to the millisecond, see lastUsedAtMs); ties broken by key so the order is stable. */
 export function evictionOrder<T extends { paths: { key: string }; lastUsedAtMs: number }>(entries: T[]): T[] {
   return [...entries].sort((a, b) => a.lastUsedAtMs - b.lastUsedAtMs || (a.paths.key < b.paths.key ? -1 : 1));
 }

@@ -95,16 +95,19 @@ function ignoreCode(code: string) {
 
 // Windows: antivirus and indexers hold a freshly written file for a moment; rename then fails briefly.
 const TRANSIENT_RENAME_CODES = new Set(['EPERM', 'EBUSY', 'EACCES']);
+// SMB (and other network file systems) refuse a rename while either file is open on some client: EBUSY
+// for the source, EEXIST for the target. A local rename of a file never fails so, so retrying costs nothing.
+const NETWORK_BUSY_RENAME_CODES = new Set(['EBUSY', 'EEXIST']);
 const RENAME_RETRY_BUDGET_MS = 3_000;
 
 export interface RenameRetryOptions {
   rename?: (from: string, to: string) => Promise<void>;
-  /** Error codes worth retrying; by default the Windows sharing-violation codes on Windows, none elsewhere. */
+  /** Error codes worth retrying; by default the Windows sharing-violation codes on Windows, EBUSY and EEXIST elsewhere. */
   retryCodes?: ReadonlySet<string>;
   budgetMs?: number;
 }
 
-/** `rename`, retried with backoff for a bounded time on the transient errors of Windows file sharing. */
+/** `rename`, retried with backoff for a bounded time while another process holds one of the files open. */
 export async function renameWithRetry(
   from: string,
   to: string,
@@ -112,7 +115,7 @@ export async function renameWithRetry(
 ): Promise<void> {
   const rename = options.rename ?? fsp.rename;
   const retryCodes =
-    options.retryCodes ?? (process.platform === 'win32' ? TRANSIENT_RENAME_CODES : new Set());
+    options.retryCodes ?? (process.platform === 'win32' ? TRANSIENT_RENAME_CODES : NETWORK_BUSY_RENAME_CODES);
   const deadline = Date.now() + (options.budgetMs ?? RENAME_RETRY_BUDGET_MS);
   for (let delayMs = 10; ; delayMs = Math.min(delayMs * 2, 250)) {
     try {

@@ -3,6 +3,7 @@ export { getCacheDir, resetCacheDir, setCacheDir } from './cache-root.js';
 export {
   BulkPayloadCorruptError,
   type CorruptReason,
+  FileBusyError,
   ForeignFileError,
   InvalidKeyError,
   InvalidOptionsError,

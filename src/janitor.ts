@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { type EntryPaths, MANIFEST_SUFFIX } from './entry-paths.js';
-import { removeEntryIfUnchanged, retireManifest } from './entry-store.js';
+import { lastUsedAtMs, removeEntryIfUnchanged, retireManifest } from './entry-store.js';
 import { ForeignFileError, InvalidOptionsError } from './errors.js';
 import { evictionOrder, evictionShield } from './evictor.js';
 import { lstatOrUndefined, removeFile } from './file-system.js';
@@ -406,7 +406,7 @@ async function execute(check: Check, policy: SublayerPolicy): Promise<Outcome> {
           [check.paths.payload, check.paths.manifest, check.proof].map(lstatOrUndefined),
         );
         if (manifest || !proof?.isFile() || !payload?.isFile()) return 'changed';
-        if (payload.size !== check.sizeBytes || payload.mtimeMs !== check.mtimeMs) return 'changed';
+        if (payload.size !== check.sizeBytes || lastUsedAtMs(payload) !== check.mtimeMs) return 'changed';
         await removeFile(check.paths.payload);
         await removeFile(check.proof);
         return 'removed';

@@ -490,7 +490,21 @@ function isSameStaleLock(judged: Heartbeat, current: Heartbeat, staleMs: number)
 }
 
 function isStale(heartbeat: Date, staleMs: number): boolean {
-  return heartbeat.getTime() < Date.now() - Math.max(staleMs, MIN_LOCK_STALE_MS);
+  return (
+    heartbeat.getTime() + mtimeGranularityMs(heartbeat) < Date.now() - Math.max(staleMs, MIN_LOCK_STALE_MS)
+  );
+}
+
+/**
+ * How much older than the real heartbeat a stored mtime may read: SMB keeps whole seconds, FAT and exFAT
+ * even seconds, so a heartbeat written at 12:00:00.9 reads as 12:00:00. An mtime with a fraction came from
+ * a fine-grained file system and is exact. (A whole-second mtime from ext4 happens once in a thousand: it
+ * costs a second of extra patience, never a wrong takeover.)
+ */
+export function mtimeGranularityMs(mtime: Date): number {
+  const ms = mtime.getTime();
+  if (ms % 1_000 !== 0) return 0;
+  return ms % 2_000 === 0 ? 2_000 : 1_000;
 }
 
 function lockedError(message: string): Error {

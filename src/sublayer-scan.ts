@@ -1,7 +1,7 @@
 import { type Dirent, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
 import { classifyName, type EntryPaths, entryPaths, MANIFEST_SUFFIX } from './entry-paths.js';
-import { lookupEntry } from './entry-store.js';
+import { lastUsedAtMs, lookupEntry } from './entry-store.js';
 import { assertRealDir, errorCode, lstatOrUndefined } from './file-system.js';
 import { type Freshness, parseTimestamp } from './manifest.js';
 import type { EntryInfo, ForeignItem } from './types.js';
@@ -102,9 +102,9 @@ export async function scanSublayer(dir: string): Promise<SublayerScan> {
     if (!stats.isFile()) return foreign(name, 'not-a-regular-file');
     const paths = entryPaths(dir, kind.key);
     if (await isRegularFile(path.basename(paths.manifest))) {
-      scan.entries.push({ paths, sizeBytes: stats.size, lastUsedAtMs: stats.mtimeMs });
+      scan.entries.push({ paths, sizeBytes: stats.size, lastUsedAtMs: lastUsedAtMs(stats) });
     } else {
-      scan.lonePayloads.push({ paths, sizeBytes: stats.size, mtimeMs: stats.mtimeMs });
+      scan.lonePayloads.push({ paths, sizeBytes: stats.size, mtimeMs: lastUsedAtMs(stats) });
     }
   });
   return scan;

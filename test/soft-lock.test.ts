@@ -24,7 +24,7 @@ async function lock(staleMs = STALE_MS): Promise<HeldLock | undefined> {
 
 /** Plants a lock directory as another process would leave it; `owner` undefined leaves out owner.json. */
 function plantLock(
-  owner: { host: string; pid: number } | undefined,
+  owner: { host: string; pid: number; bootId?: string; pidNamespace?: string } | undefined,
   ages: { ownerMs?: number; dirMs?: number },
 ) {
   fs.mkdirSync(lockPath);
@@ -83,13 +83,28 @@ describe('tryLock', () => {
   });
 
   it('takes over at once a lock whose holder on this host is dead, however fresh its heartbeat', async () => {
-    plantLock({ host: thisHost, pid: await deadPid() }, {});
+    plantLock({ host: thisHost, pid: await deadPid(), ...sameBootAndNamespace() }, {});
 
     const taken = await lock(60_000);
 
     expect(taken).toBeDefined();
     expect(await describeLockHolder(lockPath)).toBe(me);
   });
+
+  it.skipIf(process.platform !== 'linux')(
+    'waits for the heartbeat of a dead pid recorded in another PID namespace or boot: no exact proof',
+    async () => {
+      for (const other of [
+        { ...sameBootAndNamespace(), pidNamespace: 'pid:[1]' },
+        { ...sameBootAndNamespace(), bootId: '00000000-0000-0000-0000-000000000000' },
+        {}, // an owner file written without an identity (an older version): no proof either
+      ]) {
+        plantLock({ host: thisHost, pid: await deadPid(), ...other }, {});
+        expect(await lock(), JSON.stringify(other)).toBeUndefined();
+        fs.rmSync(lockPath, { recursive: true, force: true });
+      }
+    },
+  );
 
   it('takes over a lock from another host whose heartbeat is older than staleMs', async () => {
     plantLock({ host: 'other-host', pid: 4242 }, { ownerMs: 3 * STALE_MS, dirMs: 3 * STALE_MS });
@@ -196,3 +211,21 @@ describe('describeLockHolder', () => {
     expect(await describeLockHolder(lockPath)).toBe(me);
   });
 });
+
+describe('mtimeGranularityMs', () => {
+  it('allows nothing for a fine-grained mtime, a second for whole seconds (SMB), two for even seconds (FAT)', async () => {
+    const { mtimeGranularityMs } = await import('../src/soft-lock.js');
+    expect(mtimeGranularityMs(new Date(Date.UTC(2026, 0, 1, 12, 0, 1, 250)))).toBe(0);
+    expect(mtimeGranularityMs(new Date(Date.UTC(2026, 0, 1, 12, 0, 1)))).toBe(1_000);
+    expect(mtimeGranularityMs(new Date(Date.UTC(2026, 0, 1, 12, 0, 2)))).toBe(2_000);
+  });
+});
+
+/** This process's boot and PID namespace, as a lock owner on this machine records them (Linux). */
+function sameBootAndNamespace(): { bootId?: string; pidNamespace?: string } {
+  if (process.platform !== 'linux') return {};
+  return {
+    bootId: fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(),
+    pidNamespace: fs.readlinkSync('/proc/self/ns/pid'),
+  };
+}

@@ -126,6 +126,13 @@ describe('lock exclusion across processes (scenario 4)', () => {
           pid: 2 ** 22 + 1,
           token: `dead-${trial}`,
           acquiredAt: new Date().toISOString(),
+          // Same boot and PID namespace as the waiters: only then is a gone pid proof of death on Linux.
+          ...(process.platform === 'linux'
+            ? {
+                bootId: fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(),
+                pidNamespace: fs.readlinkSync('/proc/self/ns/pid'),
+              }
+            : {}),
         };
         fs.writeFileSync(path.join(lockPath, 'owner.json'), JSON.stringify(deadOwner));
         const attempts = await Promise.allSettled(
