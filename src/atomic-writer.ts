@@ -129,10 +129,18 @@ export class PayloadWriter {
    * confused.
    */
   async isPublishedAt(filePath: string): Promise<boolean> {
-    const stats = await lstatOrUndefined(filePath);
-    return (
-      stats !== undefined && stats.size === this.#sealed?.sizeBytes && stats.mtimeMs === this.#sealed.mtimeMs
-    );
+    // open + fstat, not stat: a network client revalidates a file's attributes on open, while a path's
+    // cached attributes may still describe the file this rename replaced.
+    const handle = await fsp
+      .open(filePath, constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0))
+      .catch(() => undefined);
+    if (!handle) return false;
+    try {
+      const stats = await handle.stat();
+      return stats.size === this.#sealed?.sizeBytes && stats.mtimeMs === this.#sealed.mtimeMs;
+    } finally {
+      await handle.close().catch(() => {});
+    }
   }
 
   /**

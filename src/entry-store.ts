@@ -124,7 +124,10 @@ export async function commitEntry(
   // Only a lock that failed open lets another writer rename its payload over ours in between; our manifest
   // would then describe its bytes. Withdrawing it leaves a miss, and that writer's own manifest (renamed
   // into place after its payload) restores the entry.
-  if (!(await writer.isPublishedAt(paths.payload))) await removeFile(paths.manifest);
+  if (!(await writer.isPublishedAt(paths.payload))) {
+    const withdrawn = await retireManifest(paths.manifest);
+    if (withdrawn) await removeFile(withdrawn).catch(() => {});
+  }
   await writer.close();
   await fsyncDir(paths.dir);
   if (retired) await removeFile(retired).catch(() => {});
@@ -157,13 +160,17 @@ export async function retireManifest(manifestPath: string): Promise<string | und
 
 /**
  * Puts a retired manifest back, but never over a manifest another writer placed meanwhile: `link` fails
- * when the name is taken. Where links are not supported the key simply stays a miss (the tombstone is swept).
+ * when the name is taken. Where links are not supported (SMB), a rename while the name is still free.
+ * Should both fail, the key stays a miss and the tombstone is swept.
  */
 async function restoreManifest(tombstone: string, manifestPath: string): Promise<void> {
   try {
     await fsp.link(tombstone, manifestPath);
     await removeFile(tombstone);
-  } catch {}
+  } catch (error) {
+    if (errorCode(error) === 'EEXIST' || (await lstatOrUndefined(manifestPath).catch(() => true))) return;
+    await renameWithRetry(tombstone, manifestPath).catch(() => {});
+  }
 }
 
 /**

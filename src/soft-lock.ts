@@ -7,7 +7,7 @@ import { sleep } from './abort.js';
 import { lockFailsOpen } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
 import { ForeignFileError, LockTimeoutError } from './errors.js';
-import { describeKind, errorCode } from './file-system.js';
+import { describeKind, errorCode, renameWithRetry } from './file-system.js';
 
 /**
  * The soft lock that keeps processes and hosts from downloading the same key twice. It is an
@@ -526,9 +526,12 @@ async function removeOwnLock(lockPath: string, token: string): Promise<void> {
  */
 async function discardLockDir(lockPath: string): Promise<void> {
   const aside = tmpPathFor(lockPath);
-  await fs.promises.rename(lockPath, aside);
+  // SMB refuses to rename a directory while a waiter has the owner file open, for the moment of its read.
+  await renameWithRetry(lockPath, aside, { retryCodes: LOCK_RENAME_RETRY_CODES });
   await removeLockDir(aside).catch(() => false);
 }
+
+const LOCK_RENAME_RETRY_CODES = new Set(['EACCES', 'EBUSY', 'EPERM', 'EEXIST']);
 
 // A client of a network or FUSE file system renames a removed file that is still open to one of these.
 const SILLY_RENAME = /^\.(nfs|fuse_hidden)[0-9A-Za-z]+$/;

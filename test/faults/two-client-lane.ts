@@ -72,9 +72,11 @@ export interface TwoClientLane {
   labScript: string;
   /** Tests only this lane has, run with the lab up (both modes). */
   extraTests?: (lab: () => Lab, mode: Mode) => void;
+  /** Why a caching mode is skipped even where it could run; shown in its title. */
+  skipModes?: Partial<Record<Mode, string>>;
 }
 
-export function defineTwoClientLane({ name, labScript, extraTests }: TwoClientLane): void {
+export function defineTwoClientLane({ name, labScript, extraTests, skipModes = {} }: TwoClientLane): void {
   const unavailable = laneUnavailable(name);
   if (unavailable) console.warn(unavailable);
   const script = fileURLToPath(new URL(`../../${labScript}`, import.meta.url));
@@ -83,7 +85,11 @@ export function defineTwoClientLane({ name, labScript, extraTests }: TwoClientLa
     const output = `${run.stdout ?? ''}${run.stderr ?? ''}${run.error ? String(run.error) : ''}`;
     return { ok: run.status === 0, output };
   };
-  for (const modeSpec of MODES) defineMode(name, runLab, modeSpec, unavailable, extraTests);
+  for (const modeSpec of MODES) {
+    const skipped = unavailable ?? skipModes[modeSpec.mode];
+    if (skipped && !unavailable) console.warn(skipped);
+    defineMode(name, runLab, modeSpec, skipped, extraTests);
+  }
 }
 
 function defineMode(
@@ -93,7 +99,7 @@ function defineMode(
   unavailable: string | undefined,
   extraTests: TwoClientLane['extraTests'],
 ): void {
-  const scenario = `${name} two clients (${label})`;
+  const scenario = `${name} two clients (${label})${unavailable ? ` [skipped: ${unavailable}]` : ''}`;
   // Overlapping holds are allowed with default caching: they are recorded apart, so that the report's
   // "overlaps found must be 0" still speaks for every lane that promises exclusion.
   const overlapScenario = lockIsExact ? scenario : `${name} two clients (${label}, lock overlaps allowed)`;
@@ -170,10 +176,12 @@ function defineMode(
 
       const served = await reader.getOrFetch('entry.bin', () => {
         fetches++;
-        return patternBytes(512 * KiB, 0xbad);
+        return bytes;
       });
       expect(served).toBe(path.join(mntB, 'smoke', 'entry.bin'));
-      expect(fetches).toBe(1);
+      // A caching client may not see the new entry yet: a second download is allowed then, never other bytes.
+      if (lockIsExact) expect(fetches).toBe(1);
+      else expect(fetches).toBeLessThanOrEqual(2);
       expect(sha256(fs.readFileSync(served))).toBe(sha256(bytes));
       await writer.clear();
     });
@@ -192,10 +200,13 @@ function defineMode(
         path.join(mntA, sublayer, 'entry.bin.lock', 'owner.json'),
         'r',
       );
+      // The waiter lets go a moment into the release, as a real one does after its read: SMB refuses to
+      // rename the lock directory until then, and the release waits it out.
+      const closing = new Promise((resolve) => setTimeout(resolve, 200)).then(() => waiterView.close());
       try {
         await held?.release();
       } finally {
-        await waiterView.close();
+        await closing;
       }
       // The lock's name must be free on the server (a release may move the directory aside to delete it
       // later: that is the sweep's business, not a held lock).
