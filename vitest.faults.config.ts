@@ -1,6 +1,6 @@
 import { defineConfig } from 'vitest/config';
 
-/** The root-only fault lanes: tmpfs, read-only binds, setpriv, sshfs. Run one file at a time. */
+/** The root-only fault lanes: tmpfs, read-only binds, setpriv, sshfs, SMB, PID namespaces. Run one file at a time. */
 export default defineConfig({
   test: {
     include: ['test/faults/**/*.test.ts'],
