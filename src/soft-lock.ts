@@ -553,17 +553,34 @@ export async function isOwnLockDir(dir: string): Promise<boolean> {
  * once its last reader closes it, and the sweep tries again later.
  */
 export async function removeLockDir(dir: string): Promise<boolean> {
-  const names = await fs.promises.readdir(dir);
-  if (!isOwnLockContent(names)) return false;
-  for (const name of names) {
-    const inside = path.join(dir, name);
-    await (name === BREAKER_DIR ? fs.promises.rmdir(inside) : fs.promises.unlink(inside)).catch(() => {});
+  // A waiter reads the owner file for a moment; while it has it open, a FUSE or NFS client keeps it as a
+  // silly rename and the directory is not empty. A few short retries outlast such a read.
+  for (let attempt = 0; attempt < SILLY_RENAME_RETRIES; attempt++) {
+    let names: string[];
+    try {
+      names = await fs.promises.readdir(dir);
+    } catch (error) {
+      return errorCode(error) === 'ENOENT'; // gone: removed by someone else meanwhile
+    }
+    if (!isOwnLockContent(names)) return false;
+    for (const name of names) {
+      const inside = path.join(dir, name);
+      await (name === BREAKER_DIR ? fs.promises.rmdir(inside) : fs.promises.unlink(inside)).catch(() => {});
+    }
+    if (
+      await fs.promises.rmdir(dir).then(
+        () => true,
+        () => false,
+      )
+    )
+      return true;
+    await sleep(SILLY_RENAME_RETRY_MS);
   }
-  return fs.promises.rmdir(dir).then(
-    () => true,
-    () => false,
-  );
+  return false;
 }
+
+const SILLY_RENAME_RETRIES = 10;
+const SILLY_RENAME_RETRY_MS = 50;
 
 function removeOwnLockSync(lockPath: string, token: string): void {
   try {
