@@ -289,7 +289,7 @@ export async function removeEntryIfUnchanged(
 }
 
 /** Whether manifest text is a valid manifest for `key` that gives exactly `sizeBytes`. */
-export function describesEntry(text: string, key: string, sizeBytes: number): boolean {
+function describesEntry(text: string, key: string, sizeBytes: number): boolean {
   const manifest = parseManifest(text);
   return manifest !== undefined && describesKey(manifest, key) && manifest.size_bytes === sizeBytes;
 }
