@@ -1,5 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
-import { constants, promises as fsp } from 'node:fs';
+import { constants, promises as fsp, type Stats } from 'node:fs';
 import { raceAbort } from './abort.js';
 import { crashPoint } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
@@ -97,20 +97,23 @@ export class PayloadWriter {
   }
 
   /**
-   * Sets the last-used time, flushes the bytes to stable storage and closes the file: SMB and Windows
-   * refuse to rename a file that is still open. What the file system then reports for its size and mtime
-   * (whole seconds on SMB) is what {@link PayloadWriter.isPublishedAt} recognises it by.
+   * Flushes the bytes to stable storage, closes the file (SMB and Windows refuse to rename a file that is
+   * still open) and then sets the last-used time: a network client may flush cached writes on close, and
+   * the server then stamps its own mtime over one set before (smbnetfs does). The size and mtime the file
+   * system reports after that, in the reply that also refreshes the client's attribute cache, are what
+   * {@link PayloadWriter.isPublishedAt} recognises the file by.
    */
   async seal(lastUsedAtMs: number): Promise<void> {
     const handle = this.#openHandle();
-    // A random fraction of a millisecond (kept where the file system keeps nanoseconds) tells this file
-    // from another writer's sealed in the same millisecond; as a last-used time it changes nothing, since
-    // readers round mtimes to the millisecond (lastUsedAtMs). Kept within 0.05 to 0.45 ms: timestamps
-    // passed as float seconds come back a microsecond or so off, and must still round to this millisecond.
-    const whenSeconds = (lastUsedAtMs + 0.05 + Math.random() * 0.4) / 1_000;
-    await handle.utimes(whenSeconds, whenSeconds);
     await handle.sync();
     await this.close();
+    // A random fraction of a millisecond (kept where the file system keeps nanoseconds, dropped on SMB)
+    // tells this file from another writer's sealed in the same millisecond; as a last-used time it changes
+    // nothing, since readers round mtimes to the millisecond (lastUsedAtMs). Kept within 0.05 to 0.45 ms:
+    // timestamps passed as float seconds come back a microsecond or so off, and must still round to this
+    // millisecond.
+    const whenSeconds = (lastUsedAtMs + 0.05 + Math.random() * 0.4) / 1_000;
+    await fsp.lutimes(this.tmpPath, whenSeconds, whenSeconds);
     const stats = await fsp.lstat(this.tmpPath);
     this.#sealed = { sizeBytes: stats.size, mtimeMs: stats.mtimeMs };
   }
@@ -129,18 +132,8 @@ export class PayloadWriter {
    * confused.
    */
   async isPublishedAt(filePath: string): Promise<boolean> {
-    // open + fstat, not stat: a network client revalidates a file's attributes on open, while a path's
-    // cached attributes may still describe the file this rename replaced.
-    const handle = await fsp
-      .open(filePath, constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0))
-      .catch(() => undefined);
-    if (!handle) return false;
-    try {
-      const stats = await handle.stat();
-      return stats.size === this.#sealed?.sizeBytes && stats.mtimeMs === this.#sealed.mtimeMs;
-    } finally {
-      await handle.close().catch(() => {});
-    }
+    const stats = await freshStats(filePath);
+    return stats?.size === this.#sealed?.sizeBytes && stats?.mtimeMs === this.#sealed?.mtimeMs;
   }
 
   /**
@@ -383,4 +376,21 @@ function withPath(error: unknown, filePath: string): unknown {
     errno.message = `${errno.message} '${filePath}'`;
   }
   return error;
+}
+
+/**
+ * A file's size and mtime as the server has them: open + fstat, not stat, because a network client
+ * revalidates a file's attributes on open, while a path's cached attributes may be a second old or still
+ * describe the file a rename replaced. `undefined` when nothing (or a symlink) is there.
+ */
+async function freshStats(filePath: string): Promise<Stats | undefined> {
+  const handle = await fsp
+    .open(filePath, constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0))
+    .catch(() => undefined);
+  if (!handle) return undefined;
+  try {
+    return await handle.stat();
+  } finally {
+    await handle.close().catch(() => {});
+  }
 }

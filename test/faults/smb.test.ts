@@ -21,18 +21,9 @@ async function visibleTo(reader: CacheManager): Promise<string> {
   }
 }
 
-// With caching off every test passes and runs in every `npm run test:faults`. With smbnetfs' default
-// caching (about a second of attribute and negative caching) the lane is not green yet: the stampede and
-// crash scenarios report errors and mismatches, and a reader on the other client may not see a fresh
-// entry for a long time. PAYLOAD_CACHE_SMB_LANE=1 runs that mode too.
-const optedIn = process.env.PAYLOAD_CACHE_SMB_LANE === '1';
-const CACHING_NOT_GREEN =
-  'smb lane, default caching: not green yet (issue 10 open), PAYLOAD_CACHE_SMB_LANE=1 runs it';
-
 defineTwoClientLane({
   name: 'smb',
   labScript: 'scripts/smb-lab.sh',
-  skipModes: optedIn ? {} : { cache: CACHING_NOT_GREEN },
   extraTests: (lab, mode) => {
     const managers = (sublayer: string) => {
       const { mntA, mntB } = lab();
