@@ -71,7 +71,10 @@ interface ProcessIdentity {
 interface Heartbeat {
   mtime: Date;
   owner: LockOwner | undefined;
-  /** For a lock without owner file: its directory's inode, which tells one such lock from the next. */
+  /**
+   * For a lock without a readable owner: its directory's inode, which tells one such lock from the next
+   * (compared only between two reads a moment apart, never across a rename).
+   */
   dirInode?: number;
 }
 
@@ -357,8 +360,11 @@ async function readHeartbeat(lockPath: string): Promise<Heartbeat> {
     const stats = await handle.stat();
     const mtime = stats.mtime;
     const owner = stats.isFile() ? parseOwner(await handle.readFile('utf8')) : undefined;
+    // An owner file left empty or torn (its writer killed between creating and writing it) names nobody:
+    // like a missing one, its age decides and the directory's inode tells this lock from the next.
+    if (!owner) return { mtime, owner, dirInode: lockStats.ino };
     // Exact proof that the holder is gone ends the wait at once; anything less, the heartbeat's age decides.
-    return { mtime: owner && isProvablyDead(owner) ? new Date(0) : mtime, owner };
+    return { mtime: isProvablyDead(owner) ? new Date(0) : mtime, owner };
   } finally {
     await handle.close().catch(() => {});
   }

@@ -137,7 +137,7 @@ describe('diagnostics channels', () => {
 describe('NODE_DEBUG=payload-cache', () => {
   it('prints debug lines for cache events in a real process', () => {
     const script = `
-      const { CacheManager } = await import(${JSON.stringify(path.resolve('dist/index.js'))});
+      const { CacheManager } = await import(${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)});
       const cache = new CacheManager({ sublayer: 'dbg', ttl: 60000, root: ${JSON.stringify(root)} });
       await cache.getOrFetch('k', () => 'v');
       await cache.getOrFetch('k', () => 'v');

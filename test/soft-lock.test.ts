@@ -138,6 +138,24 @@ describe('tryLock', () => {
     expect(await describeLockHolder(lockPath)).toBe(me);
   });
 
+  // A holder killed between creating its owner file and writing it leaves an empty one: no owner to prove
+  // dead, so the file's age decides, exactly as for a missing owner file (the crash lab's rare leftover).
+  it('takes over a lock whose owner file was left empty or torn, once that file is older than staleMs', async () => {
+    for (const text of ['', '{"host":"h']) {
+      plantLock(undefined, {});
+      const ownerFile = path.join(lockPath, 'owner.json');
+      fs.writeFileSync(ownerFile, text);
+      const old = new Date(Date.now() - 3 * STALE_MS);
+      fs.utimesSync(ownerFile, old, old);
+
+      const taken = await lock();
+
+      expect(taken).toBeDefined();
+      expect(await describeLockHolder(lockPath)).toBe(me);
+      await taken?.release();
+    }
+  });
+
   it('leaves alone a lock directory without owner file created just now (owner file not written yet)', async () => {
     plantLock(undefined, {});
 

@@ -353,7 +353,11 @@ class CrashRun {
     const orphans = readNames(dir)
       .filter((name) => name !== KEY && name !== MANIFEST)
       .sort();
-    if (orphans.length > 0) problems.push(`orphans left after the sweep: ${orphans.join(', ')}`);
+    if (orphans.length > 0) {
+      problems.push(
+        `orphans left after the sweep: ${orphans.map((name) => describeOrphan(dir, name)).join(', ')}`,
+      );
+    }
     const after = inspect(dir, payloads);
     if (served !== 'error' && after.state.committed !== served) {
       problems.push(`after the sweep the entry is ${after.state.committed}, the fresh process got ${served}`);
@@ -597,6 +601,19 @@ function whose(sha: unknown, payloads: Payloads): BytesSeen {
 
 function is(...events: string[]) {
   return (event: ChildEvent) => events.includes(event.event);
+}
+
+/** An orphan's name and, for a lock directory, what it holds and how old it is: what a flake needs told. */
+function describeOrphan(dir: string, name: string): string {
+  const orphan = path.join(dir, name);
+  const stats = fs.lstatSync(orphan, { throwIfNoEntry: false });
+  if (!stats?.isDirectory()) return name;
+  const inside = readNames(orphan).map((inner) => {
+    const innerStats = fs.lstatSync(path.join(orphan, inner), { throwIfNoEntry: false });
+    const text = inner === 'owner.json' ? ` ${JSON.stringify(readText(path.join(orphan, inner)))}` : '';
+    return `${inner} (mtime ${innerStats?.mtimeMs}, ${innerStats?.size} bytes)${text}`;
+  });
+  return `${name} (a directory, mtime ${stats.mtimeMs}, now ${Date.now()}, holding: ${inside.join('; ') || 'nothing'})`;
 }
 
 function readNames(dir: string): string[] {
