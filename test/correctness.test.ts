@@ -45,25 +45,31 @@ async function until(condition: () => Promise<boolean> | boolean): Promise<void>
 }
 
 describe('data loss and wrong bytes', () => {
-  it('verify({ fix }) keeps a good entry republished while the old bytes were being hashed', async () => {
-    const cache = cacheWith();
-    const payload = await cache.getOrFetch('big', () => 'small first version');
-    // A large, corrupt payload takes a while to hash; a fresh version is published meanwhile.
-    await fsp.truncate(payload, 256 * 1024 * 1024);
-    await fsp.writeFile(
-      `${payload}.manifest.json`,
-      (await fsp.readFile(`${payload}.manifest.json`, 'utf8')).replace(
-        /"size_bytes":\d+/,
-        `"size_bytes":${256 * 1024 * 1024}`,
-      ),
-    );
-    const verifying = cache.verify({ fix: true });
-    await cache.getOrFetch('big', () => 'the republished version', { refresh: true });
-    const report = await verifying;
-    expect(report.removed).toEqual([]);
-    expect(await fsp.readFile(payload, 'utf8')).toBe('the republished version');
-    expect(await cache.has('big')).toBe(true);
-  });
+  // Windows refuses to rename over a payload that verify is reading: there the refresh waits out its
+  // retries and fails with FileBusyError instead (test/open-readers.test.ts), so this interleaving never
+  // happens and the test has nothing to check.
+  it.skipIf(process.platform === 'win32')(
+    'verify({ fix }) keeps a good entry republished while the old bytes were being hashed',
+    async () => {
+      const cache = cacheWith();
+      const payload = await cache.getOrFetch('big', () => 'small first version');
+      // A large, corrupt payload takes a while to hash; a fresh version is published meanwhile.
+      await fsp.truncate(payload, 256 * 1024 * 1024);
+      await fsp.writeFile(
+        `${payload}.manifest.json`,
+        (await fsp.readFile(`${payload}.manifest.json`, 'utf8')).replace(
+          /"size_bytes":\d+/,
+          `"size_bytes":${256 * 1024 * 1024}`,
+        ),
+      );
+      const verifying = cache.verify({ fix: true });
+      await cache.getOrFetch('big', () => 'the republished version', { refresh: true });
+      const report = await verifying;
+      expect(report.removed).toEqual([]);
+      expect(await fsp.readFile(payload, 'utf8')).toBe('the republished version');
+      expect(await cache.has('big')).toBe(true);
+    },
+  );
 
   it('a janitor does not report a lock released after its plan as a stale lock it removed', async () => {
     const cache = cacheWith();
