@@ -525,16 +525,28 @@ async function removeOwnLock(lockPath: string, token: string): Promise<void> {
 }
 
 /**
- * Frees the lock's name at once by renaming the directory aside, then deletes it best-effort. Deleting in
- * place can fail: a network or FUSE client keeps a file another process has open (a waiter reading the
- * owner file) as `.nfsXXXX` / `.fuse_hidden*`, so the directory is not empty for a while. A leftover
- * carries `.tmp.` in its name and is swept as an orphan.
+ * Frees the lock's name at once by renaming the directory aside, then deletes it. Deleting can fail for a
+ * while: a network or FUSE client keeps a file another process has open (a waiter reading the owner file)
+ * as `.nfsXXXX` / `.fuse_hidden*`, and Windows keeps a deleted file's name until its last handle closes,
+ * so the directory is not empty yet. The lock is free either way; the deletion goes on in the background
+ * until the waiter lets go, and whatever is still left (the process ended first) carries `.tmp.` in its
+ * name and is swept as an orphan.
  */
 async function discardLockDir(lockPath: string): Promise<void> {
   const aside = tmpPathFor(lockPath);
   // SMB refuses to rename a directory while a waiter has the owner file open, for the moment of its read.
   await renameWithRetry(lockPath, aside, { retryCodes: LOCK_RENAME_RETRY_CODES });
-  await removeLockDir(aside).catch(() => false);
+  if (!(await removeLockDir(aside).catch(() => false))) void removeLockDirLater(aside);
+}
+
+const LATE_REMOVAL_DELAYS_MS = [100, 200, 400, 800, 1_600, 3_200, 6_400];
+
+/** Further attempts at a lock directory a reader kept, on timers that never keep the process alive. */
+async function removeLockDirLater(dir: string): Promise<void> {
+  for (const delayMs of LATE_REMOVAL_DELAYS_MS) {
+    await new Promise((resolve) => setTimeout(resolve, delayMs).unref());
+    if (await removeLockDir(dir).catch(() => false)) return;
+  }
 }
 
 const LOCK_RENAME_RETRY_CODES = new Set(['EACCES', 'EBUSY', 'EPERM', 'EEXIST']);

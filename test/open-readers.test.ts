@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { fsyncDir } from '../src/file-system.js';
 import { CacheManager, FileBusyError } from '../src/index.js';
+import { tryLock } from '../src/soft-lock.js';
 import { makeTempDir, manualClock, patternBytes, removeTempDirs, sha256, tmpFilesIn } from './helpers.js';
 
 // A payload held open by another process while the cache replaces or removes it. POSIX lets the reader keep
@@ -124,6 +125,33 @@ describe('another process holds the old payload open', () => {
       expect(fs.readdirSync(path.join(root, 'data')).sort()).toEqual(['k.bin', 'k.bin.manifest.json']);
     });
   }
+});
+
+describe('a waiter reading the lock owner file in another process', () => {
+  // The cold-key stampede under Wine left `<key>.lock.tmp.*` behind: the release renames the lock aside at
+  // once, but on Windows the owner file a waiter has open keeps its name, so the directory is not empty yet.
+  it('the released lock leaves nothing behind once the waiter lets go, and the next acquire works at once', async () => {
+    const dir = path.join(root, 'data');
+    fs.mkdirSync(dir);
+    const lockPath = path.join(dir, 'k.bin.lock');
+    const held = await tryLock(lockPath, 10_000);
+    expect(held).toBeDefined();
+    const waiter = await holdOpen(path.join(lockPath, 'owner.json'));
+
+    await held?.release();
+    const next = await tryLock(lockPath, 10_000);
+    expect(next).toBeDefined();
+    await next?.release();
+    await letGo(waiter);
+
+    // Nothing but what this test made, once the deletion that waited for the waiter is done.
+    for (;;) {
+      const names = fs.readdirSync(dir);
+      if (names.length === 0) break;
+      expect(names.every((name) => name.startsWith('k.bin.lock.tmp.'))).toBe(true);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  });
 });
 
 describe('directory fsync', () => {
