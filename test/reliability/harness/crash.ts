@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { backgroundSweep } from '../../../src/cache-manager.js';
 import type { PublishPhase } from '../../../src/crash-points.js';
 import { CacheManager } from '../../../src/index.js';
+import { mtimeGranularityMs } from '../../../src/soft-lock.js';
 import { patternBytes, sha256 } from '../../helpers.js';
 import { type ChildEvent, JsonLinesChild, killChildren } from './json-lines-child.js';
 
@@ -344,7 +345,8 @@ class CrashRun {
     let failure = await this.#prune(root, sublayer);
     const ownerlessAgeMs = ownerlessLockAgeMs(dir);
     if (!failure && ownerlessAgeMs !== undefined) {
-      // Killed between the lock's mkdir and its owner file: only the lock's age can tell it is dead.
+      // Killed between the lock's mkdir and its owner file (or with that file still empty): only the lock's
+      // age can tell it is dead.
       late = true;
       await delay(Math.max(0, LOCK_STALE_MS + 250 - ownerlessAgeMs));
       failure = await this.#prune(root, sublayer);
@@ -576,7 +578,9 @@ function ownerlessLockAgeMs(dir: string): number | undefined {
     if (owner !== undefined && Number.isInteger((JSON.parse(owner) as { pid?: unknown }).pid))
       return undefined;
   } catch {}
-  return Date.now() - stats.mtimeMs;
+  // A whole-second mtime (sshfs, SMB) may be up to a second or two older than the real one: the janitor
+  // allows for that before it calls a lock stale, and so must this wait.
+  return Date.now() - stats.mtimeMs - mtimeGranularityMs(stats.mtime);
 }
 
 function parseManifest(text: string): { size_bytes: number; sha256?: string } | undefined {
