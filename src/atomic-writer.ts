@@ -4,7 +4,14 @@ import { raceAbort } from './abort.js';
 import { crashPoint } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
 import { FileBusyError, ForeignFileError, InvalidOptionsError } from './errors.js';
-import { describeKind, errorCode, lstatOrUndefined, removeFile, renameWithRetry } from './file-system.js';
+import {
+  describeKind,
+  errorCode,
+  isBusyRenameError,
+  lstatOrUndefined,
+  removeFile,
+  renameWithRetry,
+} from './file-system.js';
 import type { Body } from './types.js';
 
 // O_EXCL makes the create fail on anything already there, a planted symlink included.
@@ -147,7 +154,7 @@ export class PayloadWriter {
     try {
       await renameWithRetry(this.tmpPath, target);
     } catch (error) {
-      if (['EBUSY', 'EEXIST', 'EPERM', 'EACCES'].includes(errorCode(error))) {
+      if (isBusyRenameError(error)) {
         throw new FileBusyError(target, { cause: error });
       }
       throw error;

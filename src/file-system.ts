@@ -98,7 +98,13 @@ const TRANSIENT_RENAME_CODES = new Set(['EPERM', 'EBUSY', 'EACCES']);
 // SMB (and other network file systems) refuse a rename while either file is open on some client: EBUSY
 // for the source, EEXIST for the target. A local rename of a file never fails so, so retrying costs nothing.
 const NETWORK_BUSY_RENAME_CODES = new Set(['EBUSY', 'EEXIST']);
+const BUSY_RENAME_CODES = process.platform === 'win32' ? TRANSIENT_RENAME_CODES : NETWORK_BUSY_RENAME_CODES;
 const RENAME_RETRY_BUDGET_MS = 3_000;
+
+/** Whether a rename failed because a file was held open (on this platform), not for lack of permission. */
+export function isBusyRenameError(error: unknown): boolean {
+  return BUSY_RENAME_CODES.has(errorCode(error));
+}
 
 export interface RenameRetryOptions {
   rename?: (from: string, to: string) => Promise<void>;
@@ -114,8 +120,7 @@ export async function renameWithRetry(
   options: RenameRetryOptions = {},
 ): Promise<void> {
   const rename = options.rename ?? fsp.rename;
-  const retryCodes =
-    options.retryCodes ?? (process.platform === 'win32' ? TRANSIENT_RENAME_CODES : NETWORK_BUSY_RENAME_CODES);
+  const retryCodes = options.retryCodes ?? BUSY_RENAME_CODES;
   const deadline = Date.now() + (options.budgetMs ?? RENAME_RETRY_BUDGET_MS);
   for (let delayMs = 10; ; delayMs = Math.min(delayMs * 2, 250)) {
     try {
