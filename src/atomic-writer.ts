@@ -5,6 +5,8 @@ import { crashPoint } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
 import { FileBusyError, ForeignFileError, InvalidOptionsError } from './errors.js';
 import {
+  applyFileMode,
+  type CreateModes,
   describeKind,
   errorCode,
   isBusyRenameError,
@@ -37,10 +39,17 @@ export class PayloadWriter {
     this.#handle = handle;
   }
 
-  /** Creates the tmp file beside `target`; if its directory has vanished, `recreateDir` makes it again. */
-  static async create(target: string, recreateDir?: () => Promise<void>): Promise<PayloadWriter> {
+  /**
+   * Creates the tmp file beside `target` (with `modes.file` when given); if its directory has vanished,
+   * `recreateDir` makes it again.
+   */
+  static async create(
+    target: string,
+    recreateDir?: () => Promise<void>,
+    modes?: CreateModes,
+  ): Promise<PayloadWriter> {
     const tmpPath = tmpPathFor(target);
-    const open = () => fsp.open(tmpPath, EXCLUSIVE_CREATE, 0o644);
+    const open = () => createExclusive(tmpPath, modes);
     const handle = await open().catch(async (error: unknown) => {
       if (errorCode(error) !== 'ENOENT' || !recreateDir) throw error;
       await recreateDir();
@@ -348,10 +357,27 @@ function toBytes(chunk: unknown): Uint8Array {
   throw new InvalidOptionsError(`a body stream yielded a ${typeof chunk}, not bytes`);
 }
 
+/** Creates `filePath` exclusively, with `modes.file` when given; removed again if that fails. */
+async function createExclusive(filePath: string, modes: CreateModes | undefined): Promise<fsp.FileHandle> {
+  const handle = await fsp.open(filePath, EXCLUSIVE_CREATE, 0o644);
+  try {
+    await applyFileMode(handle, modes);
+    return handle;
+  } catch (error) {
+    await handle.close().catch(() => {});
+    await removeFile(filePath).catch(() => {});
+    throw error;
+  }
+}
+
 /** Writes `data` into a fresh, exclusively created tmp file beside `target`, flushed and closed; returns its path. */
-export async function writeTmpFile(target: string, data: string | Uint8Array): Promise<string> {
+export async function writeTmpFile(
+  target: string,
+  data: string | Uint8Array,
+  modes?: CreateModes,
+): Promise<string> {
   const tmpPath = tmpPathFor(target);
-  const handle = await fsp.open(tmpPath, EXCLUSIVE_CREATE, 0o644);
+  const handle = await createExclusive(tmpPath, modes);
   try {
     await handle.writeFile(data);
     await handle.sync();
@@ -365,8 +391,12 @@ export async function writeTmpFile(target: string, data: string | Uint8Array): P
 }
 
 /** Writes a small file atomically: exclusive tmp, write, fsync, rename. The caller fsyncs the directory. */
-export async function writeFileAtomic(target: string, data: string | Uint8Array): Promise<void> {
-  const tmpPath = await writeTmpFile(target, data);
+export async function writeFileAtomic(
+  target: string,
+  data: string | Uint8Array,
+  modes?: CreateModes,
+): Promise<void> {
+  const tmpPath = await writeTmpFile(target, data, modes);
   try {
     await renameWithRetry(tmpPath, target);
   } catch (error) {

@@ -14,15 +14,29 @@ import {
   touchEntry,
   writeCacheDirTag,
 } from './entry-store.js';
-import { InvalidKeyError, InvalidOptionsError, NotCacheRootError } from './errors.js';
+import {
+  CacheReadOnlyError,
+  InvalidKeyError,
+  InvalidOptionsError,
+  NotCacheRootError,
+  OfflineMissError,
+} from './errors.js';
 import { evict } from './evictor.js';
 import { asFetchedBody, checkIntegrity, oversizeGuard, releaseResult, runValidator } from './fetch-result.js';
-import { ensureRealDir, isRealDir } from './file-system.js';
+import { ensureRealDir, errorCode, isRealDir } from './file-system.js';
 import { FlightTable } from './flight.js';
 import { carryOut, planClear, planPrune, planSweep, type SublayerPolicy, verifySublayer } from './janitor.js';
+import { findInLayers, type Layer, type LayeredEntry, layersOf } from './layers.js';
 import type { Freshness } from './manifest.js';
 import { type CacheStats, Observer } from './observability.js';
-import { type CacheManagerOptions, resolveSettings, type Settings, validateFetchArgs } from './options.js';
+import {
+  type CacheManagerOptions,
+  isOffline,
+  readOnlyRootsOf,
+  resolveSettings,
+  type Settings,
+  validateFetchArgs,
+} from './options.js';
 import { tryLock, waitForLock } from './soft-lock.js';
 import { listEntries } from './sublayer-scan.js';
 import {
@@ -44,10 +58,13 @@ const taggedRoots = new Set<string>();
 /** Settles when the background orphan sweep started by a manager's first operation has finished. */
 export const backgroundSweep = Symbol('payload-cache.backgroundSweep');
 
-/** Where one operation works: the root and sublayer as resolved now, and the clock read once. */
+/** Where one operation works: the roots and sublayer as resolved now, and the clock read once. */
 interface Scope {
   readonly root: string;
   readonly dir: string;
+  /** The own root's sublayer first, then the read-only roots' in order. */
+  readonly layers: readonly Layer[];
+  readonly offline: boolean;
   readonly nowMs: number;
   readonly freshness: Freshness;
 }
@@ -105,6 +122,11 @@ export class CacheManager {
       const found = await lookupEntry(paths, scope.freshness);
       if (found.state === 'fresh') return this.#serve(paths, found, scope);
     }
+    if (scope.offline) return this.#serveOffline(key, scope);
+    if (!refresh) {
+      const shared = await findInLayers(scope.layers.slice(1), key, scope.freshness, false);
+      if (shared) return this.#serveLayered(shared, scope);
+    }
     try {
       return await flights.run(paths.payload, refresh, options.signal, (signal) =>
         this.#hitOrFetch(paths, fetchFn, options, signal),
@@ -130,10 +152,21 @@ export class CacheManager {
   async #serveStale(paths: EntryPaths, options: GetOrFetchOptions, error: unknown): Promise<string> {
     if (!options.staleIfError || options.signal?.aborted || isUsageError(error)) throw error;
     const scope = this.#scope();
-    const fallback = await lookupEntry(paths, scope.freshness);
-    if (fallback.state === 'absent') throw error;
-    this.#observer.staleServed(paths.key, paths.payload, error);
-    return this.#serve(paths, fallback, scope);
+    const fallback = await findInLayers(scope.layers, paths.key, scope.freshness, true);
+    if (!fallback) throw error;
+    this.#observer.staleServed(paths.key, fallback.paths.payload, error);
+    return this.#serveLayered(fallback, scope);
+  }
+
+  /** Offline mode: any committed entry in any layer, fresh first; never the fetcher, never a lock. */
+  async #serveOffline(key: string, scope: Scope): Promise<string> {
+    const entry = await findInLayers(scope.layers, key, scope.freshness, true);
+    if (!entry) {
+      const roots = scope.layers.map((layer) => layer.root);
+      throw new OfflineMissError(key, this.sublayer, roots);
+    }
+    if (entry.found.state === 'expired') this.#observer.staleServedOffline(key, entry.paths.payload);
+    return this.#serveLayered(entry, scope);
   }
 
   async #fetchUnderLock(
@@ -143,7 +176,8 @@ export class CacheManager {
     signal: AbortSignal,
   ) {
     const { root, dir } = this.#scope();
-    await ensureRealDir(dir);
+    const { modes } = this.#settings;
+    await ensureRealDir(dir, modes).catch(explainReadOnly(root));
     await this.#tagRoot(root);
     const waitStartedAt = Date.now();
     const meanwhile: { found?: EntryState } = {};
@@ -152,8 +186,9 @@ export class CacheManager {
       staleMs: this.#settings.lockStaleMs,
       timeoutMs: this.#settings.lockTimeoutMs,
       signal,
+      modes,
       // Someone removed the sublayer while we waited: make it again and go on waiting.
-      recreateDir: () => ensureRealDir(dir),
+      recreateDir: () => ensureRealDir(dir, modes),
       onStillWaiting: (waitedMs, holder) => this.#observer.stillWaiting(paths.key, waitedMs, holder),
       // Another writer holds the key: if it has published a fresh entry, serve it without the lock.
       satisfied: async () => {
@@ -161,7 +196,7 @@ export class CacheManager {
         meanwhile.found = await lookupEntry(paths, this.#scope().freshness);
         return meanwhile.found.state === 'fresh';
       },
-    });
+    }).catch(explainReadOnly(root));
     if (!lock) {
       this.#observer.lockWaited(paths.key, Date.now() - waitStartedAt);
       if (meanwhile.found?.state !== 'fresh') throw new Error('lock wait ended without a fresh entry');
@@ -211,7 +246,7 @@ export class CacheManager {
       if (result === NOT_MODIFIED) {
         if (!previous)
           throw new InvalidOptionsError(`fetchFn answered NOT_MODIFIED but "${paths.key}" has no entry`);
-        if (await renewEntry(paths, previous.manifest, this.#now())) {
+        if (await renewEntry(paths, previous.manifest, this.#now(), this.#settings.modes)) {
           this.#observer.fetchEnded(paths.key, 'not-modified', performance.now() - startedAt);
           return;
         }
@@ -220,7 +255,8 @@ export class CacheManager {
         return this.#fetchAndPublish(paths, undefined, fetchFn, options, signal);
       }
       const fetched = asFetchedBody(result);
-      writer = await PayloadWriter.create(paths.payload, () => ensureRealDir(paths.dir));
+      const { modes } = this.#settings;
+      writer = await PayloadWriter.create(paths.payload, () => ensureRealDir(paths.dir, modes), modes);
       await this.#writeAndPublish(paths, writer, fetched, options, signal);
       const sizeBytes = writer.sizeBytes;
       this.#observer.fetchEnded(paths.key, 'written', performance.now() - startedAt, { sizeBytes });
@@ -246,11 +282,8 @@ export class CacheManager {
       const nowMs = this.#now();
       await writer.seal(nowMs);
       await crashPoint('sealed');
-      await commitEntry(paths, writer, {
-        createdAtMs: nowMs,
-        etag: fetched.etag,
-        lastModified: fetched.lastModified,
-      });
+      const facts = { createdAtMs: nowMs, etag: fetched.etag, lastModified: fetched.lastModified };
+      await commitEntry(paths, writer, facts, this.#settings.modes);
     } catch (error) {
       await writer.discard();
       throw error;
@@ -267,20 +300,29 @@ export class CacheManager {
     return paths.payload;
   }
 
-  /** The path of a fresh entry, or `undefined`; never fetches, never deletes. Counts as a use. */
+  /** Serves an entry from whichever layer it is in; only the own root records the use. */
+  async #serveLayered({ layer, paths, found }: LayeredEntry, scope: Scope): Promise<string> {
+    if (!layer.readOnly) return this.#serve(paths, found, scope);
+    this.#observer.hit(paths.key, paths.payload);
+    return paths.payload;
+  }
+
+  /**
+   * The path of a fresh entry (in the own root, else in a read-only root), or `undefined`; never fetches,
+   * never deletes. Counts as a use.
+   */
   async get(key: string): Promise<string | undefined> {
     validateKey(key);
     const scope = this.#scope();
-    const paths = entryPaths(scope.dir, key);
-    const found = await lookupEntry(paths, scope.freshness);
-    return found.state === 'fresh' ? this.#serve(paths, found, scope) : undefined;
+    const entry = await findInLayers(scope.layers, key, scope.freshness, false);
+    return entry && this.#serveLayered(entry, scope);
   }
 
-  /** Whether a fresh entry exists (`get()` would return a path). Changes nothing: not even a use. */
+  /** Whether a fresh entry exists in any root (`get()` would return a path). Changes nothing: not even a use. */
   async has(key: string): Promise<boolean> {
     validateKey(key);
     const scope = this.#scope();
-    return (await lookupEntry(entryPaths(scope.dir, key), scope.freshness)).state === 'fresh';
+    return (await findInLayers(scope.layers, key, scope.freshness, false)) !== undefined;
   }
 
   /**
@@ -292,7 +334,9 @@ export class CacheManager {
     validateKey(key);
     const paths = entryPaths(this.#scope().dir, key);
     if (!(await isRealDir(paths.dir))) return false;
-    const held = await tryLock(paths.lock, this.#settings.lockStaleMs).catch(() => undefined);
+    const held = await tryLock(paths.lock, this.#settings.lockStaleMs, this.#settings.modes).catch(
+      () => undefined,
+    );
     // The payload stays for the writer; the retired manifest left beside it proves it is ours to sweep.
     if (!held) return (await retireManifest(paths.manifest)) !== undefined;
     try {
@@ -342,10 +386,14 @@ export class CacheManager {
     return report;
   }
 
-  /** Committed entries (fresh and expired), most recently used first. Changes nothing. */
+  /**
+   * Committed entries (fresh and expired) of the own root, most recently used first, then those of each
+   * read-only root (`readOnly: true`). Changes nothing.
+   */
   async list(): Promise<EntryInfo[]> {
     const scope = this.#scope();
-    return listEntries(scope.dir, scope.freshness);
+    const listings = await Promise.all(scope.layers.map((layer) => listEntries(layer, scope.freshness)));
+    return listings.flat();
   }
 
   /**
@@ -369,6 +417,8 @@ export class CacheManager {
     return {
       root,
       dir: sublayerDir(root, this.sublayer),
+      layers: layersOf(root, readOnlyRootsOf(this.#settings, root), this.sublayer),
+      offline: isOffline(this.#settings),
       nowMs,
       freshness: { ttlMs: ttl, maxClockSkewMs, nowMs },
     };
@@ -395,13 +445,14 @@ export class CacheManager {
       // touchIntervalMs + evictionGraceMs after it was handed out, as promised.
       inUseWindowMs: 2 * s.touchIntervalMs + s.evictionGraceMs,
       freshness: scope.freshness,
+      modes: s.modes,
     };
   }
 
   async #tagRoot(root: string): Promise<void> {
     if (taggedRoots.has(root)) return;
     taggedRoots.add(root);
-    await writeCacheDirTag(root);
+    await writeCacheDirTag(root, this.#settings.modes);
   }
 
   /**
@@ -422,6 +473,18 @@ export class CacheManager {
         () => {},
       );
   }
+}
+
+// Not EPERM: Windows and network file systems answer it for passing conditions that a retry outlasts.
+const READ_ONLY_CODES = new Set(['EACCES', 'EROFS']);
+
+/** A miss that cannot create its files in `root` is told so: the cache is read-only for this process. */
+function explainReadOnly(root: string) {
+  return (error: unknown): never => {
+    if (!READ_ONLY_CODES.has(errorCode(error))) throw error;
+    const failedPath = (error as NodeJS.ErrnoException).path ?? root;
+    throw new CacheReadOnlyError(root, failedPath, error);
+  };
 }
 
 /** Errors in the caller's own input: `staleIfError` must not hide them. */

@@ -1,10 +1,11 @@
-import { promises as fsp, type Stats } from 'node:fs';
+import { constants, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
 import { type PayloadWriter, writeFileAtomic, writeTmpFile } from './atomic-writer.js';
 import { crashPoint } from './crash-points.js';
 import { CACHEDIR_TAG, type EntryPaths, tmpPathFor } from './entry-paths.js';
 import { ForeignFileError } from './errors.js';
 import {
+  type CreateModes,
   describeKind,
   errorCode,
   fsyncDir,
@@ -73,7 +74,29 @@ export async function touchEntry(
 ): Promise<void> {
   if (nowMs - lastUsedAtMs < touchIntervalMs) return;
   const when = new Date(nowMs);
-  await fsp.lutimes(paths.payload, when, when).catch(() => {});
+  await fsp.lutimes(paths.payload, when, when).catch(async (error: unknown) => {
+    if (errorCode(error) === 'EPERM') await touchAsGroupMember(paths.payload);
+  });
+}
+
+/**
+ * Only a file's owner may set its mtime to a given time; in a group-shared cache another member may still
+ * write the file, and a write sets the mtime to now. Rewriting the first byte with itself, through one
+ * handle (so that a payload replaced meanwhile is never written), changes no data. Best-effort.
+ */
+async function touchAsGroupMember(payloadPath: string): Promise<void> {
+  const handle = await fsp
+    .open(payloadPath, constants.O_RDWR | (constants.O_NOFOLLOW ?? 0))
+    .catch(() => undefined);
+  if (!handle) return;
+  try {
+    const firstByte = Buffer.alloc(1);
+    const { bytesRead } = await handle.read(firstByte, 0, 1, 0);
+    if (bytesRead === 1) await handle.write(firstByte, 0, 1, 0);
+  } catch {
+  } finally {
+    await handle.close().catch(() => {});
+  }
 }
 
 export interface PayloadFacts {
@@ -95,6 +118,7 @@ export async function commitEntry(
   paths: EntryPaths,
   writer: PayloadWriter,
   facts: PayloadFacts,
+  modes?: CreateModes,
 ): Promise<Manifest> {
   const manifest: Manifest = {
     schema_version: SCHEMA_VERSION,
@@ -105,7 +129,7 @@ export async function commitEntry(
     etag: facts.etag,
     last_modified: facts.lastModified,
   };
-  const pendingManifest = await writeTmpFile(paths.manifest, manifestText(manifest));
+  const pendingManifest = await writeTmpFile(paths.manifest, manifestText(manifest), modes);
   let retired: string | undefined;
   try {
     retired = await retireManifest(paths.manifest);
@@ -190,7 +214,12 @@ export async function removeEntry(paths: EntryPaths): Promise<boolean> {
  * delete, or a writer whose lock failed open, "not modified" says nothing about the bytes there now, and
  * renewing would put the old manifest over other bytes or over nothing. `false` when it was not renewed.
  */
-export async function renewEntry(paths: EntryPaths, previous: Manifest, nowMs: number): Promise<boolean> {
+export async function renewEntry(
+  paths: EntryPaths,
+  previous: Manifest,
+  nowMs: number,
+  modes?: CreateModes,
+): Promise<boolean> {
   const [stats, text] = await Promise.all([
     lstatOrUndefined(paths.payload),
     readManifestText(paths.manifest),
@@ -201,6 +230,7 @@ export async function renewEntry(paths: EntryPaths, previous: Manifest, nowMs: n
   await writeFileAtomic(
     paths.manifest,
     manifestText({ ...previous, created_at: new Date(nowMs).toISOString() }),
+    modes,
   );
   await fsyncDir(paths.dir);
   await touchEntry(paths, 0, nowMs, 0);
@@ -231,12 +261,13 @@ export async function isCacheRoot(root: string): Promise<boolean> {
  * at once over NFS can make the loser's exclusive create fail with EPERM, so no error here may fail an
  * operation.
  */
-export async function writeCacheDirTag(root: string): Promise<void> {
+export async function writeCacheDirTag(root: string, modes?: CreateModes): Promise<void> {
   const tagPath = path.join(root, CACHEDIR_TAG);
   try {
     await fsp.lstat(tagPath);
   } catch (error) {
-    if (errorCode(error) === 'ENOENT') await writeFileAtomic(tagPath, CACHEDIR_TAG_TEXT).catch(() => {});
+    if (errorCode(error) === 'ENOENT')
+      await writeFileAtomic(tagPath, CACHEDIR_TAG_TEXT, modes).catch(() => {});
   }
 }
 
@@ -264,27 +295,33 @@ export async function removeEntryIfUnchanged(
   paths: EntryPaths,
   seen: SeenEntry,
   lockStaleMs: number,
+  modes?: CreateModes,
 ): Promise<RemovalOutcome> {
-  const outcome = await whileLocked(paths.lock, lockStaleMs, async (): Promise<RemovalOutcome> => {
-    const [stats, text] = await Promise.all([
-      lstatOrUndefined(paths.payload),
-      readManifestText(paths.manifest),
-    ]);
-    if (!stats?.isFile() || stats.size !== seen.sizeBytes || text === undefined) return 'changed';
-    if (
-      seen.manifestText !== undefined
-        ? text !== seen.manifestText
-        : !describesEntry(text, paths.key, stats.size)
-    )
-      return 'changed';
-    if (seen.lastUsedAtMs !== undefined) {
-      const usedAtMs = lastUsedAtMs(stats);
-      if (usedAtMs > (seen.nowMs ?? Date.now()) - (seen.inUseWindowMs ?? 0)) return 'recently-used';
-      if (usedAtMs !== seen.lastUsedAtMs) return 'changed';
-    }
-    await removeEntry(paths);
-    return 'removed';
-  });
+  const outcome = await whileLocked(
+    paths.lock,
+    lockStaleMs,
+    async (): Promise<RemovalOutcome> => {
+      const [stats, text] = await Promise.all([
+        lstatOrUndefined(paths.payload),
+        readManifestText(paths.manifest),
+      ]);
+      if (!stats?.isFile() || stats.size !== seen.sizeBytes || text === undefined) return 'changed';
+      if (
+        seen.manifestText !== undefined
+          ? text !== seen.manifestText
+          : !describesEntry(text, paths.key, stats.size)
+      )
+        return 'changed';
+      if (seen.lastUsedAtMs !== undefined) {
+        const usedAtMs = lastUsedAtMs(stats);
+        if (usedAtMs > (seen.nowMs ?? Date.now()) - (seen.inUseWindowMs ?? 0)) return 'recently-used';
+        if (usedAtMs !== seen.lastUsedAtMs) return 'changed';
+      }
+      await removeEntry(paths);
+      return 'removed';
+    },
+    modes,
+  );
   return outcome ?? 'locked';
 }
 

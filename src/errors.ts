@@ -136,3 +136,51 @@ function describe(value: unknown): string {
   const shown = value.length > 60 ? `${value.slice(0, 60)}...` : value;
   return JSON.stringify(shown);
 }
+
+/**
+ * A miss in offline mode (`offline: true` or `PAYLOAD_CACHE_OFFLINE=1`): no entry for the key, fresh or
+ * expired, in the cache root or any read-only root, and offline mode never calls the fetcher.
+ */
+export class OfflineMissError extends PayloadCacheError {
+  /** The key that was asked for. */
+  readonly key: string;
+  /** The sublayer it was looked up in. */
+  readonly sublayer: string;
+  /** Every cache root searched, the manager's own first, then its read-only roots in order. */
+  readonly roots: readonly string[];
+
+  constructor(key: string, sublayer: string, roots: readonly string[]) {
+    super(
+      'ERR_OFFLINE_MISS',
+      `offline: no entry for key "${key}" in sublayer "${sublayer}" (searched ${roots.join(', ')}); ` +
+        'offline mode never downloads',
+    );
+    this.key = key;
+    this.sublayer = sublayer;
+    this.roots = roots;
+  }
+}
+
+/**
+ * A miss in a cache root this process may read but not write (another user's cache, a read-only mount):
+ * hits are still served, but nothing can be fetched into it. Give the manager a writable `root` of its own
+ * and the shared one as a read-only root (`readOnlyRoots`) to fetch misses there instead.
+ */
+export class CacheReadOnlyError extends PayloadCacheError {
+  /** The cache root that could not be written. */
+  readonly root: string;
+  /** The path whose creation failed. */
+  readonly path: string;
+
+  constructor(root: string, filePath: string, cause: unknown) {
+    const code = (cause as NodeJS.ErrnoException | undefined)?.code ?? 'an error';
+    super(
+      'ERR_CACHE_READ_ONLY',
+      `the cache root ${root} is read-only for this process (${code} creating ${filePath}): ` +
+        'hits are served, misses cannot be fetched into it',
+      { cause },
+    );
+    this.root = root;
+    this.path = filePath;
+  }
+}

@@ -55,6 +55,7 @@ export async function evict(policy: SublayerPolicy, justWrittenKey: string): Pro
         nowMs,
       },
       policy.lockStaleMs,
+      policy.modes,
     );
     if (outcome === 'removed') {
       report.removed.push({ key: entry.paths.key, path: entry.paths.payload, reason: 'evicted' });

@@ -50,20 +50,53 @@ export function describeKind(stats: Stats): string {
 }
 
 /**
- * Creates `dir` and its parents. An existing directory is fine, but not a symlink: in a shared cache
- * directory, a planted symlink would send this writer's files outside the cache root.
+ * Modes set explicitly on everything the cache creates, whatever each process's umask, so that every member
+ * of a group can use a shared cache (`shared: 'group'`): directories group-writable with the setgid bit (new
+ * files inherit the directory's group), files group-readable and writable. `undefined`: the umask decides.
  */
-export async function ensureRealDir(dir: string): Promise<void> {
+export interface CreateModes {
+  readonly file: number;
+  readonly dir: number;
+}
+
+export const GROUP_SHARED_MODES: CreateModes = { file: 0o664, dir: 0o2775 };
+
+/**
+ * Creates `dir` and its parents, giving the directories it creates `modes.dir`. An existing directory is
+ * fine (its mode is left as it is), but not a symlink: in a shared cache directory, a planted symlink would
+ * send this writer's files outside the cache root.
+ */
+export async function ensureRealDir(dir: string, modes?: CreateModes): Promise<void> {
+  const created: string[] = [];
   // A plain mkdir first: a recursive one reports a read-only parent as a misleading ENOENT (Node 20).
   try {
     await fsp.mkdir(dir);
+    created.push(dir);
   } catch (error) {
     if (errorCode(error) === 'ENOENT') {
-      await fsp.mkdir(path.dirname(dir), { recursive: true });
-      await fsp.mkdir(dir).catch(ignoreCode('EEXIST'));
+      const parent = path.dirname(dir);
+      const firstCreated = await fsp.mkdir(parent, { recursive: true });
+      if (firstCreated !== undefined) created.push(...pathsFromTo(firstCreated, parent));
+      if (await fsp.mkdir(dir).then(() => true, ignoreCode('EEXIST'))) created.push(dir);
     } else if (errorCode(error) !== 'EEXIST') throw error;
   }
   await assertRealDir(dir);
+  if (modes) for (const made of created) await fsp.chmod(made, modes.dir);
+}
+
+/** `ancestor`, then each directory below it down to `descendant`. */
+function pathsFromTo(ancestor: string, descendant: string): string[] {
+  const paths: string[] = [];
+  for (let at = descendant; at.length >= ancestor.length; at = path.dirname(at)) {
+    paths.unshift(at);
+    if (at === ancestor || at === path.dirname(at)) break;
+  }
+  return paths;
+}
+
+/** Gives a file the cache just created `modes.file` (see {@link CreateModes}). */
+export async function applyFileMode(handle: fsp.FileHandle, modes: CreateModes | undefined): Promise<void> {
+  if (modes) await handle.chmod(modes.file);
 }
 
 /**

@@ -2,6 +2,7 @@ export { CacheManager } from './cache-manager.js';
 export { getCacheDir, resetCacheDir, setCacheDir } from './cache-root.js';
 export {
   BulkPayloadCorruptError,
+  CacheReadOnlyError,
   type CorruptReason,
   FileBusyError,
   ForeignFileError,
@@ -9,6 +10,7 @@ export {
   InvalidOptionsError,
   LockTimeoutError,
   NotCacheRootError,
+  OfflineMissError,
   PayloadCacheError,
 } from './errors.js';
 export { type HttpFetcherOptions, type HttpProgress, HttpStatusError, httpFetcher } from './http-fetcher.js';

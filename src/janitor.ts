@@ -4,7 +4,7 @@ import { type EntryPaths, MANIFEST_SUFFIX } from './entry-paths.js';
 import { lastUsedAtMs, removeEntryIfUnchanged, retireManifest } from './entry-store.js';
 import { ForeignFileError, InvalidOptionsError } from './errors.js';
 import { evictionOrder, evictionShield } from './evictor.js';
-import { lstatOrUndefined, removeFile } from './file-system.js';
+import { type CreateModes, lstatOrUndefined, removeFile } from './file-system.js';
 import {
   describesKey,
   type Freshness,
@@ -51,6 +51,8 @@ export interface SublayerPolicy {
   /** Entries whose recorded use is this recent may be in use by a reader: `2 × touchIntervalMs + evictionGraceMs`. */
   readonly inUseWindowMs: number;
   readonly freshness: Freshness;
+  /** Modes for the lock directories the janitor creates (a group-shared cache); `undefined`: the umask's. */
+  readonly modes?: CreateModes | undefined;
 }
 
 /** The facts a planned removal is re-checked against just before it is carried out. */
@@ -391,9 +393,10 @@ async function execute(check: Check, policy: SublayerPolicy): Promise<Outcome> {
               }),
         },
         policy.lockStaleMs,
+        policy.modes,
       );
     case 'cleared-entry': {
-      const outcome = await removeEntryIfUnchanged(check.paths, check, policy.lockStaleMs);
+      const outcome = await removeEntryIfUnchanged(check.paths, check, policy.lockStaleMs, policy.modes);
       if (outcome !== 'locked') return outcome;
       // A live writer holds the key: its manifest goes (the key is a miss at once), its payload stays, since
       // that writer may be about to publish over it. The tombstone left behind proves the payload is ours.
@@ -401,24 +404,34 @@ async function execute(check: Check, policy: SublayerPolicy): Promise<Outcome> {
       return (await retireManifest(check.paths.manifest)) ? 'manifest-retired' : 'gone';
     }
     case 'lone-payload': {
-      const outcome = await whileLocked(check.paths.lock, policy.lockStaleMs, async () => {
-        const [payload, manifest, proof] = await Promise.all(
-          [check.paths.payload, check.paths.manifest, check.proof].map(lstatOrUndefined),
-        );
-        if (manifest || !proof?.isFile() || !payload?.isFile()) return 'changed';
-        if (payload.size !== check.sizeBytes || lastUsedAtMs(payload) !== check.mtimeMs) return 'changed';
-        await removeFile(check.paths.payload);
-        await removeFile(check.proof);
-        return 'removed';
-      });
+      const outcome = await whileLocked(
+        check.paths.lock,
+        policy.lockStaleMs,
+        async () => {
+          const [payload, manifest, proof] = await Promise.all(
+            [check.paths.payload, check.paths.manifest, check.proof].map(lstatOrUndefined),
+          );
+          if (manifest || !proof?.isFile() || !payload?.isFile()) return 'changed';
+          if (payload.size !== check.sizeBytes || lastUsedAtMs(payload) !== check.mtimeMs) return 'changed';
+          await removeFile(check.paths.payload);
+          await removeFile(check.proof);
+          return 'removed';
+        },
+        policy.modes,
+      );
       return outcome ?? 'locked';
     }
     case 'lone-manifest': {
-      const outcome = await whileLocked(check.paths.lock, policy.lockStaleMs, async () => {
-        if (await lstatOrUndefined(check.paths.payload)) return 'changed';
-        if ((await readManifestText(check.paths.manifest)) !== check.manifestText) return 'changed';
-        return (await removeFile(check.paths.manifest)) ? 'removed' : 'gone';
-      });
+      const outcome = await whileLocked(
+        check.paths.lock,
+        policy.lockStaleMs,
+        async () => {
+          if (await lstatOrUndefined(check.paths.payload)) return 'changed';
+          if ((await readManifestText(check.paths.manifest)) !== check.manifestText) return 'changed';
+          return (await removeFile(check.paths.manifest)) ? 'removed' : 'gone';
+        },
+        policy.modes,
+      );
       return outcome ?? 'locked';
     }
     case 'tmp': {
@@ -431,7 +444,7 @@ async function execute(check: Check, policy: SublayerPolicy): Promise<Outcome> {
     case 'lock': {
       // Taking a stale lock over removes it; releasing ours removes the directory. A lock released (not
       // broken by us) meanwhile was no stale lock of ours to report.
-      const held = await tryLock(check.paths.lock, policy.lockStaleMs);
+      const held = await tryLock(check.paths.lock, policy.lockStaleMs, policy.modes);
       if (!held) return 'locked';
       await held.release();
       return held.tookOver ? 'removed' : 'gone';

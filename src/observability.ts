@@ -33,6 +33,8 @@ export interface CacheStats {
   evictions: number;
   /** Expired entries served by `staleIfError`. */
   staleServed: number;
+  /** Expired entries served in offline mode (which never fetches a fresh one). */
+  staleServedOffline: number;
   /** Lock acquisitions that had to wait for another holder, and the time spent waiting. */
   lockWaits: {
     /** Lock acquisitions that found the lock held by someone else. */
@@ -56,6 +58,7 @@ export class Observer {
     bytesWritten: 0,
     evictions: 0,
     staleServed: 0,
+    staleServedOffline: 0,
     lockWaits: { count: 0, totalMs: 0 },
     errors: {},
   };
@@ -120,6 +123,11 @@ export class Observer {
   staleServed(key: string, path: string, error: unknown): void {
     this.#stats.staleServed += 1;
     this.#emit(channels.stale, 'stale', { key, path, error });
+  }
+
+  staleServedOffline(key: string, path: string): void {
+    this.#stats.staleServedOffline += 1;
+    this.#emit(channels.stale, 'stale', { key, path, offline: true });
   }
 
   failed(error: unknown): void {

@@ -1,5 +1,7 @@
+import path from 'node:path';
 import { validateKey } from './entry-paths.js';
 import { InvalidOptionsError } from './errors.js';
+import { type CreateModes, GROUP_SHARED_MODES } from './file-system.js';
 import { MIN_LOCK_STALE_MS } from './soft-lock.js';
 import type { GetOrFetchOptions } from './types.js';
 
@@ -35,9 +37,37 @@ export interface CacheManagerOptions {
   maxClockSkewMs?: number;
   /** Clock in ms since the epoch, for tests. Default `Date.now`. */
   now?: () => number;
+  /**
+   * `'group'`: several users share this cache through a Unix group. Everything the cache creates is made
+   * usable by the group whatever each user's umask: directories `2775` (group-writable, setgid so the group
+   * is inherited), files `0664`. Default: the umask decides (each user's own cache). Ignored on Windows,
+   * where a directory's ACL is inherited by what is created in it.
+   */
+  shared?: 'group';
+  /**
+   * Cache roots this manager reads but never writes (a site cache an admin fills), consulted in order after
+   * its own root and before fetching: a fresh entry there is served from where it is, never copied, touched,
+   * evicted or swept. Default: `PAYLOAD_CACHE_READONLY_ROOTS` (roots joined with `path.delimiter`), else none.
+   */
+  readOnlyRoots?: readonly string[];
+  /**
+   * Never call the fetcher: serve any committed entry in any root, fresh or expired, and otherwise fail with
+   * `OfflineMissError`. Default: `PAYLOAD_CACHE_OFFLINE` (`1`, `true`, `yes` or `on`), else `false`.
+   */
+  offline?: boolean;
 }
 
-export type Settings = Required<Omit<CacheManagerOptions, 'root'>> & { root: string | undefined };
+type PlainOptions = Omit<CacheManagerOptions, 'root' | 'shared' | 'readOnlyRoots' | 'offline'>;
+
+export type Settings = Required<PlainOptions> & {
+  root: string | undefined;
+  /** Explicit modes for what the cache creates (`shared: 'group'`), or `undefined` for the umask's. */
+  modes: CreateModes | undefined;
+  /** `undefined`: from `PAYLOAD_CACHE_READONLY_ROOTS` at each operation. */
+  readOnlyRoots: readonly string[] | undefined;
+  /** `undefined`: from `PAYLOAD_CACHE_OFFLINE` at each operation. */
+  offline: boolean | undefined;
+};
 
 const DEFAULTS = {
   keepN: 4,
@@ -76,6 +106,10 @@ const RULES: Record<Exclude<keyof CacheManagerOptions, 'sublayer'>, Rule> = {
   evictionGraceMs: finiteNonNegative,
   maxClockSkewMs: nonNegative,
   now: (v) => (typeof v === 'function' ? undefined : 'a function returning ms since the epoch'),
+  shared: (v) => (v === 'group' ? undefined : "'group'"),
+  readOnlyRoots: (v) =>
+    Array.isArray(v) && v.every((root) => RULES.root(root) === undefined) ? undefined : 'an array of paths',
+  offline: (v) => (typeof v === 'boolean' ? undefined : 'a boolean'),
 };
 
 /** Validates constructor options and fills in defaults; throws before anything touches the disk. */
@@ -93,8 +127,39 @@ export function resolveSettings(options: CacheManagerOptions): Settings {
     const expected = rule(value);
     if (expected) throw new InvalidOptionsError(`option ${name} must be ${expected}, got ${String(value)}`);
   }
-  const defined = Object.fromEntries(Object.entries(options).filter(([, value]) => value !== undefined));
-  return { ...DEFAULTS, root: undefined, ...defined } as Settings;
+  const { shared, readOnlyRoots, offline, ...plain } = options;
+  const defined = Object.fromEntries(Object.entries(plain).filter(([, value]) => value !== undefined));
+  return {
+    ...DEFAULTS,
+    root: undefined,
+    ...defined,
+    modes: shared === 'group' && process.platform !== 'win32' ? GROUP_SHARED_MODES : undefined,
+    readOnlyRoots: readOnlyRoots === undefined ? undefined : [...readOnlyRoots],
+    offline,
+  } as Settings;
+}
+
+/** The read-only roots in effect: the option's, else `PAYLOAD_CACHE_READONLY_ROOTS`'s; absolute, own root left out. */
+export function readOnlyRootsOf(settings: Settings, ownRoot: string): string[] {
+  const given =
+    settings.readOnlyRoots ??
+    (process.env.PAYLOAD_CACHE_READONLY_ROOTS ?? '').split(path.delimiter).filter((root) => root !== '');
+  const roots = given.map((root) => path.resolve(root)).filter((root) => root !== ownRoot);
+  return [...new Set(roots)];
+}
+
+const OFFLINE_WORDS: Record<string, boolean> = { '1': true, true: true, yes: true, on: true };
+const ONLINE_WORDS: Record<string, boolean> = { '': true, '0': true, false: true, no: true, off: true };
+
+/** Offline mode in effect: the option, else `PAYLOAD_CACHE_OFFLINE`; a value that is neither yes nor no throws. */
+export function isOffline(settings: Settings): boolean {
+  if (settings.offline !== undefined) return settings.offline;
+  const value = (process.env.PAYLOAD_CACHE_OFFLINE ?? '').trim().toLowerCase();
+  if (Object.hasOwn(OFFLINE_WORDS, value)) return true;
+  if (Object.hasOwn(ONLINE_WORDS, value)) return false;
+  throw new InvalidOptionsError(
+    `PAYLOAD_CACHE_OFFLINE must be 1, true, yes or on (or 0, false, no, off), got "${process.env.PAYLOAD_CACHE_OFFLINE}"`,
+  );
 }
 
 /** Validates a `getOrFetch` call's fetcher and options (the key is checked separately). */

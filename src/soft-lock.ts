@@ -7,7 +7,7 @@ import { sleep } from './abort.js';
 import { lockFailsOpen } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
 import { ForeignFileError, LockTimeoutError } from './errors.js';
-import { describeKind, errorCode, renameWithRetry } from './file-system.js';
+import { type CreateModes, describeKind, errorCode, renameWithRetry } from './file-system.js';
 
 /**
  * The soft lock that keeps processes and hosts from downloading the same key twice. It is an
@@ -78,8 +78,15 @@ interface Heartbeat {
   dirInode?: number;
 }
 
-/** Takes the lock at once or returns `undefined` when someone else holds it; a stale lock is taken over. */
-export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLock | undefined> {
+/**
+ * Takes the lock at once or returns `undefined` when someone else holds it; a stale lock is taken over.
+ * `modes` (a group-shared cache) lets every member of the group take over the lock should this process die.
+ */
+export async function tryLock(
+  lockPath: string,
+  staleMs: number,
+  modes?: CreateModes,
+): Promise<HeldLock | undefined> {
   if (lockFailsOpen) return { compromised: undefined, tookOver: false, waitedMs: 0, release: async () => {} };
   const owner: LockOwner = {
     host: thisHost,
@@ -91,6 +98,7 @@ export async function tryLock(lockPath: string, staleMs: number): Promise<HeldLo
   const state: AdapterState = {
     owner,
     staleMs,
+    modes,
     madeDir: false,
     createdByUs: false,
     brokeStale: false,
@@ -134,8 +142,9 @@ export async function whileLocked<T>(
   lockPath: string,
   staleMs: number,
   action: () => Promise<T>,
+  modes?: CreateModes,
 ): Promise<T | undefined> {
-  const held = await tryLock(lockPath, staleMs);
+  const held = await tryLock(lockPath, staleMs, modes);
   if (!held) return undefined;
   try {
     return await action();
@@ -161,6 +170,8 @@ export interface WaitForLockOptions {
   satisfied?: () => Promise<boolean>;
   /** Called when the lock's directory has vanished (someone removed it); the wait then goes on. */
   recreateDir?: () => Promise<void>;
+  /** Modes for the lock directory and owner file (a group-shared cache). */
+  modes?: CreateModes;
 }
 
 /** How often a long wait reports itself through `onStillWaiting`. */
@@ -186,10 +197,10 @@ export async function waitForLock(
   try {
     for (let pollMs = FIRST_POLL_MS; ; pollMs = Math.min(pollMs * 1.5, MAX_POLL_MS)) {
       options.signal?.throwIfAborted();
-      const held = await tryLock(lockPath, options.staleMs).catch(async (error: unknown) => {
+      const held = await tryLock(lockPath, options.staleMs, options.modes).catch(async (error: unknown) => {
         if (errorCode(error) !== 'ENOENT' || !options.recreateDir) throw error;
         await options.recreateDir();
-        return tryLock(lockPath, options.staleMs);
+        return tryLock(lockPath, options.staleMs, options.modes);
       });
       const waitedMs = Date.now() - startedAt;
       if (held) {
@@ -276,6 +287,7 @@ function lockTarget(lockPath: string): string {
 interface AdapterState {
   readonly owner: LockOwner;
   readonly staleMs: number;
+  readonly modes: CreateModes | undefined;
   /** Our mkdir of the lock directory succeeded (the owner file may not be written yet). */
   madeDir: boolean;
   /** Our mkdir succeeded: from then on, removing the lock means removing our own. */
@@ -318,7 +330,7 @@ function ownerFileAdapter(state: AdapterState) {
     rmdir(lockPath: string, callback: Callback) {
       const removal = state.createdByUs
         ? removeOwnLock(lockPath, state.owner.token)
-        : breakStaleLock(lockPath, state.observed, state.staleMs).then(() => {
+        : breakStaleLock(lockPath, state.observed, state.staleMs, state.modes).then(() => {
             state.brokeStale = true;
           });
       settle(callback)(removal);
@@ -333,10 +345,14 @@ async function createLock(lockPath: string, state: AdapterState): Promise<void> 
   await fs.promises.mkdir(lockPath);
   state.madeDir = true;
   try {
+    if (state.modes) await fs.promises.chmod(lockPath, state.modes.dir);
     // `wx`: if a takeover put another holder's directory back in place meanwhile, we must not overwrite
     // its owner file; EEXIST then reads as "held" to proper-lockfile.
-    await fs.promises.writeFile(path.join(lockPath, OWNER_FILE), JSON.stringify(state.owner), { flag: 'wx' });
+    const ownerFile = path.join(lockPath, OWNER_FILE);
+    await fs.promises.writeFile(ownerFile, JSON.stringify(state.owner), { flag: 'wx' });
     state.createdByUs = true;
+    // Our own new file: should it vanish first (a takeover), the heartbeat reports the lock compromised.
+    if (state.modes) await fs.promises.chmod(ownerFile, state.modes.file).catch(() => {});
   } catch (error) {
     await fs.promises.rmdir(lockPath).catch(() => {});
     throw error;
@@ -446,6 +462,7 @@ async function breakStaleLock(
   lockPath: string,
   judged: Heartbeat | undefined,
   staleMs: number,
+  modes: CreateModes | undefined,
 ): Promise<void> {
   // Something at the lock's name that the cache did not make (a file, a symlink, a directory of someone
   // else's files) is nobody's lock: it is never entered, never removed, and the caller hears why.
@@ -453,7 +470,8 @@ async function breakStaleLock(
   if (!stats.isDirectory()) throw new ForeignFileError(lockPath, describeKind(stats));
   if (!(await isOwnLockDir(lockPath))) throw new ForeignFileError(lockPath, 'a directory of other files');
   const breaker = path.join(lockPath, BREAKER_DIR);
-  if (!(await claimBreaker(breaker, staleMs))) throw lockedError('another waiter is taking this lock over');
+  if (!(await claimBreaker(breaker, staleMs, modes)))
+    throw lockedError('another waiter is taking this lock over');
   const current = await readHeartbeat(lockPath).catch(() => undefined);
   if (!judged || !current || !isSameStaleLock(judged, current, staleMs)) {
     await fs.promises.rmdir(breaker).catch(() => {});
@@ -467,9 +485,16 @@ async function breakStaleLock(
  * milliseconds of a takeover, so one older than the stale threshold belongs to a waiter that died there.
  * (ENOENT, the lock already gone, propagates: proper-lockfile then simply retries its mkdir.)
  */
-async function claimBreaker(breaker: string, staleMs: number): Promise<boolean> {
+async function claimBreaker(
+  breaker: string,
+  staleMs: number,
+  modes: CreateModes | undefined,
+): Promise<boolean> {
+  // A breaker left by a waiter that died mid-takeover must be removable by the next, whoever runs it.
+  const shareBreaker = () => (modes ? fs.promises.chmod(breaker, modes.dir).catch(() => {}) : undefined);
   try {
     await fs.promises.mkdir(breaker);
+    await shareBreaker();
     return true;
   } catch (error) {
     if (errorCode(error) !== 'EEXIST') throw error;
@@ -478,7 +503,10 @@ async function claimBreaker(breaker: string, staleMs: number): Promise<boolean> 
   if (!isStale(mtime, staleMs)) return false;
   await fs.promises.rmdir(breaker).catch(() => {});
   return fs.promises.mkdir(breaker).then(
-    () => true,
+    async () => {
+      await shareBreaker();
+      return true;
+    },
     () => false,
   );
 }

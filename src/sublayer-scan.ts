@@ -3,6 +3,7 @@ import path from 'node:path';
 import { classifyName, type EntryPaths, entryPaths, MANIFEST_SUFFIX } from './entry-paths.js';
 import { lastUsedAtMs, lookupEntry } from './entry-store.js';
 import { assertRealDir, errorCode, lstatOrUndefined } from './file-system.js';
+import type { Layer } from './layers.js';
 import { type Freshness, parseTimestamp } from './manifest.js';
 import type { EntryInfo, ForeignItem } from './types.js';
 
@@ -164,8 +165,8 @@ export async function forEachLimited<T>(
 }
 
 /** Committed entries (fresh and expired) with their facts, most recently used first. Changes nothing. */
-export async function listEntries(dir: string, freshness: Freshness): Promise<EntryInfo[]> {
-  const { entries } = await scanSublayer(dir);
+export async function listEntries(layer: Layer, freshness: Freshness): Promise<EntryInfo[]> {
+  const { entries } = await scanSublayer(layer.dir);
   const infos: EntryInfo[] = [];
   await forEachLimited(entries, 64, async ({ paths }) => {
     const found = await lookupEntry(paths, freshness);
@@ -177,6 +178,8 @@ export async function listEntries(dir: string, freshness: Freshness): Promise<En
       createdAt: new Date(parseTimestamp(found.manifest.created_at)),
       lastUsedAt: new Date(found.lastUsedAtMs),
       expired: found.state === 'expired',
+      root: layer.root,
+      readOnly: layer.readOnly,
       ...(found.manifest.sha256 ? { sha256: found.manifest.sha256 } : {}),
     });
   });

@@ -108,6 +108,10 @@ export interface EntryInfo {
   expired: boolean;
   /** The payload's sha256 from the manifest; absent when the manifest has none (imf_reader manifests). */
   sha256?: string;
+  /** The cache root the entry is in: the manager's own, or one of its `readOnlyRoots`. */
+  root: string;
+  /** Whether that root is one of the manager's read-only roots (never touched, evicted or removed by it). */
+  readOnly: boolean;
 }
 
 /** Why a file was removed, or found bad, by `prune()`, `clear()` or `verify()`. */

@@ -19,7 +19,7 @@ import {
 
 // DESIGN.md principle 6 on a cache root the caller may read but not write: a system-wide cache populated
 // by root (mode 0755) and used by a service account. The child runs as uid/gid 65534 through `setpriv`:
-// hits are served, a miss fails with EACCES naming the path, and nothing changes on disk.
+// hits are served, a miss fails with ERR_CACHE_READ_ONLY (EACCES) naming the path, and nothing changes on disk.
 
 const probe = probeUnprivilegedNode();
 const KiB = 1024;
@@ -50,7 +50,7 @@ describe(
   laneTitle(`permission denied: a root-owned 0755 cache used as uid ${UNPRIVILEGED_ID}`, probe),
   () => {
     it.skipIf(!probe.canRun)(
-      'serves hits, fails a miss with EACCES naming the path, and writes nothing',
+      'serves hits, fails a miss with ERR_CACHE_READ_ONLY (EACCES) naming the path, and writes nothing',
       async () => {
         const first = patternBytes(256 * KiB, 21);
         const second = patternBytes(128 * KiB, 22);
@@ -156,11 +156,19 @@ describe(
 
         // The lock is taken before fetching, so an unwritable root fails before any download is wasted.
         const miss = step('miss');
-        expect(miss).toMatchObject({ ok: false, fetchCalls: 0, error: { code: 'EACCES' } });
+        expect(miss).toMatchObject({
+          ok: false,
+          fetchCalls: 0,
+          error: { code: 'ERR_CACHE_READ_ONLY', causeCode: 'EACCES' },
+        });
         expect(miss.error?.message).toContain(fileOf('absent.bin'));
         expect(step('get miss')).toMatchObject({ ok: true, path: null });
         const newSublayer = step('miss in a new sublayer');
-        expect(newSublayer).toMatchObject({ ok: false, fetchCalls: 0, error: { code: 'EACCES' } });
+        expect(newSublayer).toMatchObject({
+          ok: false,
+          fetchCalls: 0,
+          error: { code: 'ERR_CACHE_READ_ONLY', causeCode: 'EACCES' },
+        });
         expect(newSublayer.error?.message).toContain(path.join(cacheRoot, 'new-sublayer'));
 
         // Removals fail loudly rather than pretend: each names the file it could not remove or lock.
@@ -177,8 +185,8 @@ describe(
         expect(step('list').value).toHaveLength(2);
         expect(step('list').value).toEqual(
           expect.arrayContaining([
-            { key: 'first.bin', sizeBytes: first.length, expired: true },
-            { key: 'second.bin', sizeBytes: second.length, expired: true },
+            { key: 'first.bin', sizeBytes: first.length, expired: true, readOnly: false },
+            { key: 'second.bin', sizeBytes: second.length, expired: true, readOnly: false },
           ]),
         );
         expect(step('verify')).toMatchObject({ ok: true, value: { checked: 2, bad: [], removed: [] } });

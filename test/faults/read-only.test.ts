@@ -20,7 +20,7 @@ import {
 } from './lane.js';
 
 // DESIGN.md principle 6 on a read-only cache root (a cache shipped on a read-only volume, or a shared
-// directory mounted ro): hits are still served, a miss fails with EROFS naming the path it could not
+// directory mounted ro): hits are still served, a miss fails with ERR_CACHE_READ_ONLY (EROFS) naming the path it could not
 // write, and nothing changes on disk. The root is a read-only bind mount of a prepared cache, made inside
 // `unshare -m` so that it exists only for the child.
 
@@ -73,12 +73,18 @@ async function prepareCache(): Promise<void> {
   expect(prepare.map((result) => result.sha256)).toEqual([sha256(first), sha256(second)]);
 }
 
-/** Runs `ops` at HIT_AT_MS in a child whose root is a read-only bind mount of `prepared`. */
-async function onReadOnlyRoot(ops: Record<string, unknown>[]): Promise<OpResult[]> {
+/**
+ * Runs `ops` at HIT_AT_MS in a child that sees a read-only bind mount of `prepared` at `readOnlyRoot`: as its
+ * root, unless `config` names another (with the mount as a read-only layer, say).
+ */
+async function onReadOnlyRoot(
+  ops: Record<string, unknown>[],
+  config: Record<string, unknown> = {},
+): Promise<OpResult[]> {
   const command = inPrivateMounts(
     'mount --bind "$1" "$2"\nmount -o remount,bind,ro "$2"',
     [prepared, readOnlyRoot],
-    cacheOps({ root: readOnlyRoot, sublayer: SUBLAYER, ttlMs: HOUR_MS, startMs: HIT_AT_MS, ops }),
+    cacheOps({ root: readOnlyRoot, sublayer: SUBLAYER, ttlMs: HOUR_MS, startMs: HIT_AT_MS, ops, ...config }),
   );
   const results = opResults(await runCaptured(command, CHILD_TIMEOUT_MS), ops.length);
   // The bind mount lived in the child's namespace only: the host still sees the empty directory underneath.
@@ -103,7 +109,7 @@ afterEach(async () => {
 
 describe(laneTitle('read-only cache root: a read-only bind mount inside unshare -m', probe), () => {
   it.skipIf(!probe.canRun)(
-    'serves hits, fails a miss with EROFS naming the path, and changes nothing on disk',
+    'serves hits, fails a miss with ERR_CACHE_READ_ONLY (EROFS) naming the path, and changes nothing on disk',
     async () => {
       await prepareCache();
       const before = snapshotTree(prepared);
@@ -159,7 +165,11 @@ describe(laneTitle('read-only cache root: a read-only bind mount inside unshare 
 
       // The lock is taken before fetching, so a read-only root fails before any download is wasted.
       const miss = step('miss');
-      expect(miss).toMatchObject({ ok: false, fetchCalls: 0, error: { code: 'EROFS' } });
+      expect(miss).toMatchObject({
+        ok: false,
+        fetchCalls: 0,
+        error: { code: 'ERR_CACHE_READ_ONLY', causeCode: 'EROFS' },
+      });
       expect(miss.error?.message).toContain(fileOf('absent.bin'));
       expect(step('get miss')).toMatchObject({ ok: true, path: null });
 
@@ -177,8 +187,8 @@ describe(laneTitle('read-only cache root: a read-only bind mount inside unshare 
       expect(step('list').value).toHaveLength(2);
       expect(step('list').value).toEqual(
         expect.arrayContaining([
-          { key: 'first.bin', sizeBytes: first.length, expired: true },
-          { key: 'second.bin', sizeBytes: second.length, expired: true },
+          { key: 'first.bin', sizeBytes: first.length, expired: true, readOnly: false },
+          { key: 'second.bin', sizeBytes: second.length, expired: true, readOnly: false },
         ]),
       );
       expect(step('verify')).toMatchObject({ ok: true, value: { checked: 2, bad: [], removed: [] } });
@@ -191,7 +201,7 @@ describe(laneTitle('read-only cache root: a read-only bind mount inside unshare 
   );
 
   it.skipIf(!probe.canRun)(
-    'a miss in a sublayer not created yet fails with EROFS naming the sublayer, not a misleading ENOENT',
+    'a miss in a sublayer not created yet fails with ERR_CACHE_READ_ONLY (EROFS) naming the sublayer, not a misleading ENOENT',
     async () => {
       await prepareCache();
       const before = snapshotTree(prepared);
@@ -215,7 +225,90 @@ describe(laneTitle('read-only cache root: a read-only bind mount inside unshare 
       // must say so: "no such file or directory" would send the user looking for a missing directory.
       const miss = step('miss');
       expect(miss.error?.message).toContain(path.join(readOnlyRoot, 'new-sublayer'));
-      expect(miss).toMatchObject({ ok: false, fetchCalls: 0, error: { code: 'EROFS' } });
+      expect(miss).toMatchObject({
+        ok: false,
+        fetchCalls: 0,
+        error: { code: 'ERR_CACHE_READ_ONLY', causeCode: 'EROFS' },
+      });
+    },
+    TEST_TIMEOUT_MS,
+  );
+
+  it.skipIf(!probe.canRun)(
+    'a site layer: hits served from the read-only mount in place, misses fetched into the user root only',
+    async () => {
+      await prepareCache();
+      const before = snapshotTree(prepared);
+      const userRoot = path.join(work, 'user');
+      const siteFile = (key: string) => path.join(readOnlyRoot, SUBLAYER, key);
+      const userFile = (key: string) => path.join(userRoot, SUBLAYER, key);
+      const fresh = await onReadOnlyRoot(
+        [
+          {
+            label: 'site hit',
+            op: 'getOrFetch',
+            key: 'first.bin',
+            body: { sizeBytes: 1, seed: 1, form: 'buffer' },
+          },
+          {
+            label: 'miss',
+            op: 'getOrFetch',
+            key: 'new.bin',
+            body: { sizeBytes: 4 * KiB, seed: 31, form: 'buffer' },
+          },
+          { label: 'list', op: 'list' },
+          { label: 'clear', op: 'clear' },
+          { label: 'get after clear', op: 'get', key: 'second.bin' },
+        ],
+        { root: userRoot, readOnlyRoots: [readOnlyRoot] },
+      );
+      const step = (label: string) => byLabel(fresh, label);
+      expect(step('site hit')).toMatchObject({ ok: true, fetchCalls: 0, path: siteFile('first.bin') });
+      expect(step('site hit').sha256).toBe(sha256(first));
+      expect(step('miss')).toMatchObject({ ok: true, fetchCalls: 1, path: userFile('new.bin') });
+      expect(step('list').value).toEqual(
+        expect.arrayContaining([
+          { key: 'new.bin', sizeBytes: 4 * KiB, expired: false, readOnly: false },
+          { key: 'first.bin', sizeBytes: first.length, expired: false, readOnly: true },
+          { key: 'second.bin', sizeBytes: second.length, expired: false, readOnly: true },
+        ]),
+      );
+      // clear() empties the user's own root only; the site layer still serves.
+      expect(step('clear')).toMatchObject({ ok: true });
+      expect(fs.existsSync(userFile('new.bin'))).toBe(false);
+      expect(step('get after clear')).toMatchObject({ ok: true, path: siteFile('second.bin') });
+
+      // Offline, hours later: the site's expired entries are served, a key found nowhere is a typed miss.
+      const offline = await onReadOnlyRoot(
+        [
+          { label: 'advance', op: 'advance', ms: 5 * HOUR_MS },
+          {
+            label: 'stale',
+            op: 'getOrFetch',
+            key: 'second.bin',
+            body: { sizeBytes: 1, seed: 1, form: 'buffer' },
+          },
+          {
+            label: 'absent',
+            op: 'getOrFetch',
+            key: 'gone.bin',
+            body: { sizeBytes: 1, seed: 1, form: 'buffer' },
+          },
+        ],
+        { root: userRoot, readOnlyRoots: [readOnlyRoot], offline: true },
+      );
+      expect(byLabel(offline, 'stale')).toMatchObject({
+        ok: true,
+        fetchCalls: 0,
+        path: siteFile('second.bin'),
+      });
+      expect(byLabel(offline, 'absent')).toMatchObject({
+        ok: false,
+        fetchCalls: 0,
+        error: { code: 'ERR_OFFLINE_MISS' },
+      });
+      expect(byLabel(offline, 'absent').error?.message).toContain(readOnlyRoot);
+      expect(changedBetween(before, snapshotTree(prepared))).toEqual([]);
     },
     TEST_TIMEOUT_MS,
   );
