@@ -144,6 +144,11 @@ function unusableByGroup(): string[] {
   return problems;
 }
 
+/** Polls `condition` every 20 ms: a wait for an event, never for a guessed time. */
+async function waitUntil(condition: () => boolean): Promise<void> {
+  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 20));
+}
+
 const first = patternBytes(256 * KiB, 1);
 const second = patternBytes(128 * KiB, 2);
 const secondAgain = patternBytes(96 * KiB, 22);
@@ -248,6 +253,47 @@ describe(
         expect(reasons).toEqual(expect.arrayContaining(['expired', 'orphan-tmp']));
         // Every entry expired and every orphan of A's is gone: only the root's tag and the sublayer remain.
         expect(byLabel(pruned, 'tree').value).toEqual(['CACHEDIR.TAG', `${SUBLAYER}/`]);
+      },
+      TEST_TIMEOUT_MS,
+    );
+
+    it.skipIf(!lane.canRun)(
+      "a live holder of another user's is alive (kill answers EPERM): its lock is waited for, not taken over",
+      async () => {
+        const shared = { shared: 'group' };
+        const file = path.join(pauseDir, 'held');
+        const ops = [{ op: 'getOrFetch', key: 'held.bin', body: body(KiB, 7) }];
+        const config = {
+          root: cacheRoot,
+          sublayer: SUBLAYER,
+          ttlMs: TTL_MS,
+          lockStaleMs: LOCK_STALE_MS,
+          ops,
+          ...shared,
+        };
+        const holder = runCaptured(
+          [
+            'env',
+            'PAYLOAD_CACHE_TEST_PAUSE_AT=locked',
+            `PAYLOAD_CACHE_TEST_PAUSE_FILE=${file}`,
+            ...asUser('a', '077', cacheOps(config)),
+          ],
+          CHILD_TIMEOUT_MS,
+        );
+        await waitUntil(() => fs.existsSync(file) && fs.readFileSync(file, 'utf8') === 'locked');
+        const b = await run(
+          'b',
+          '077',
+          [{ label: 'wait', op: 'getOrFetch', key: 'held.bin', body: body(KiB, 8) }],
+          { ...shared, lockTimeoutMs: 3 * LOCK_STALE_MS },
+        );
+        expect(byLabel(b, 'wait')).toMatchObject({
+          ok: false,
+          fetchCalls: 0,
+          error: { code: 'ERR_LOCK_TIMEOUT' },
+        });
+        await killLeftovers();
+        await holder;
       },
       TEST_TIMEOUT_MS,
     );
