@@ -64,7 +64,6 @@ interface Scope {
   readonly dir: string;
   /** The own root's sublayer first, then the read-only roots' in order. */
   readonly layers: readonly Layer[];
-  readonly offline: boolean;
   readonly nowMs: number;
   readonly freshness: Freshness;
 }
@@ -122,7 +121,7 @@ export class CacheManager {
       const found = await lookupEntry(paths, scope.freshness);
       if (found.state === 'fresh') return this.#serve(paths, found, scope);
     }
-    if (scope.offline) return this.#serveOffline(key, scope);
+    if (isOffline(this.#settings)) return this.#serveOffline(key, scope);
     if (!refresh) {
       const shared = await findInLayers(scope.layers.slice(1), key, scope.freshness, false);
       if (shared) return this.#serveLayered(shared, scope);
@@ -418,7 +417,6 @@ export class CacheManager {
       root,
       dir: sublayerDir(root, this.sublayer),
       layers: layersOf(root, readOnlyRootsOf(this.#settings, root), this.sublayer),
-      offline: isOffline(this.#settings),
       nowMs,
       freshness: { ttlMs: ttl, maxClockSkewMs, nowMs },
     };

@@ -141,11 +141,14 @@ export function resolveSettings(options: CacheManagerOptions): Settings {
 
 /** The read-only roots in effect: the option's, else `PAYLOAD_CACHE_READONLY_ROOTS`'s; absolute, own root left out. */
 export function readOnlyRootsOf(settings: Settings, ownRoot: string): string[] {
-  const given =
-    settings.readOnlyRoots ??
-    (process.env.PAYLOAD_CACHE_READONLY_ROOTS ?? '').split(path.delimiter).filter((root) => root !== '');
+  const given = settings.readOnlyRoots ?? readOnlyRootsFromEnv();
   const roots = given.map((root) => path.resolve(root)).filter((root) => root !== ownRoot);
   return [...new Set(roots)];
+}
+
+/** `PAYLOAD_CACHE_READONLY_ROOTS`: roots joined with `path.delimiter`, empty items ignored. */
+export function readOnlyRootsFromEnv(): string[] {
+  return (process.env.PAYLOAD_CACHE_READONLY_ROOTS ?? '').split(path.delimiter).filter((root) => root !== '');
 }
 
 const OFFLINE_WORDS: Record<string, boolean> = { '1': true, true: true, yes: true, on: true };

@@ -39,6 +39,7 @@ describe('stats()', () => {
       bytesWritten: 6,
       evictions: 1,
       staleServed: 1,
+      staleServedOffline: 0,
       lockWaits: { count: 0, totalMs: 0 },
       errors: { ERR_PAYLOAD_CORRUPT: 1 },
     });

@@ -11,7 +11,13 @@ import {
   stringOption,
   ttlOf,
 } from './command.js';
-import { eachSublayer, openSublayer, targetSublayers, totalBytes } from './sublayers.js';
+import {
+  eachSublayer,
+  openSublayer,
+  readOnlyRootsBeside,
+  targetSublayersInLayers,
+  totalBytes,
+} from './sublayers.js';
 import { plural, renderTable } from './table.js';
 import { describeTtl, formatAgo, formatBytes, formatDuration } from './units.js';
 
@@ -38,9 +44,12 @@ be read (the others are still listed).
 Options:
   --sublayer S     Only this sublayer
 ${TTL_HELP}
-  --json           Print JSON: { root, ttlMs (null = Infinity), entryCount, totalBytes,
+  --json           Print JSON: { root, readOnlyRoots, ttlMs (null = Infinity), entryCount, totalBytes,
                    sublayers: [{ name, path, entryCount, totalBytes, entries: [{ key, path,
-                   sizeBytes, createdAt, lastUsedAt, ageMs, expired, sha256 }] }] }`,
+                   sizeBytes, createdAt, lastUsedAt, ageMs, expired, sha256, root, readOnly }] }] }
+
+With PAYLOAD_CACHE_READONLY_ROOTS set (read-only roots joined with '${path.delimiter}'), their entries are listed
+too, in a LAYER column: "own" for the root's own entries, else the read-only root they are in.`,
   options: { sublayer: { type: 'string' }, ttl: { type: 'string' }, json: { type: 'boolean' } },
   positionals: [],
   run: runLs,
@@ -49,7 +58,8 @@ ${TTL_HELP}
 async function runLs(input: CommandInput, io: Io): Promise<number> {
   const ttlMs = ttlOf(input);
   const root = await existingRootOf(input);
-  const names = await targetSublayers(root, stringOption(input, 'sublayer'));
+  const readOnlyRoots = readOnlyRootsBeside(root);
+  const names = await targetSublayersInLayers(root, readOnlyRoots, stringOption(input, 'sublayer'));
   const { done, failed } = await eachSublayer(names, io, 'ls', (name) =>
     openSublayer(name, { root, ttlMs }).list(),
   );
@@ -57,9 +67,9 @@ async function runLs(input: CommandInput, io: Io): Promise<number> {
   // Read after listing, so that no entry looks used in the future.
   const nowMs = Date.now();
   if (flag(input, 'json')) {
-    io.out(JSON.stringify(listingJson(root, ttlMs, nowMs, sublayers), null, 2));
+    io.out(JSON.stringify(listingJson(root, ttlMs, nowMs, sublayers, readOnlyRoots), null, 2));
   } else {
-    for (const line of renderListing(root, ttlMs, nowMs, sublayers)) io.out(line);
+    for (const line of renderListing(root, ttlMs, nowMs, sublayers, readOnlyRoots)) io.out(line);
   }
   return failed > 0 ? EXIT_ERROR : EXIT_OK;
 }
@@ -70,11 +80,15 @@ export function renderListing(
   ttlMs: number,
   nowMs: number,
   sublayers: readonly SublayerListing[],
+  readOnlyRoots: readonly string[] = [],
 ): string[] {
   const ttlNote = Number.isFinite(ttlMs)
     ? `ttl ${describeTtl(ttlMs)}`
     : 'ttl none: nothing counts as expired, pass --ttl to judge';
   const lines = [`Cache root ${root} (${ttlNote})`];
+  if (readOnlyRoots.length > 0)
+    lines.push(`Read-only roots (PAYLOAD_CACHE_READONLY_ROOTS): ${readOnlyRoots.join(', ')}`);
+  const layered = readOnlyRoots.length > 0;
   if (sublayers.length === 0) return [...lines, 'No sublayers.'];
   for (const { name, entries } of sublayers) {
     lines.push('', `${name}/`);
@@ -88,9 +102,11 @@ export function renderListing(
       formatDuration(nowMs - entry.createdAt.getTime()),
       formatAgo(nowMs - entry.lastUsedAt.getTime()),
       entry.expired ? 'yes' : 'no',
+      ...(layered ? [entry.readOnly ? entry.root : 'own'] : []),
     ]);
+    const headers = ['KEY', 'SIZE', 'AGE', 'LAST USED', 'EXPIRED', ...(layered ? ['LAYER'] : [])];
     lines.push(
-      ...renderTable(['KEY', 'SIZE', 'AGE', 'LAST USED', 'EXPIRED'], rows, ['left', 'right'], '  '),
+      ...renderTable(headers, rows, ['left', 'right'], '  '),
       `  total: ${plural(entries.length, 'entry', 'entries')}, ${formatBytes(totalBytes(entries))}`,
     );
   }
@@ -108,10 +124,12 @@ export function listingJson(
   ttlMs: number,
   nowMs: number,
   sublayers: readonly SublayerListing[],
+  readOnlyRoots: readonly string[] = [],
 ) {
   const all = sublayers.flatMap((sublayer) => sublayer.entries);
   return {
     root,
+    readOnlyRoots,
     ttlMs: Number.isFinite(ttlMs) ? ttlMs : null,
     entryCount: all.length,
     totalBytes: totalBytes(all),
@@ -135,5 +153,7 @@ export function entryJson(entry: EntryInfo, nowMs: number) {
     ageMs: nowMs - entry.createdAt.getTime(),
     expired: entry.expired,
     sha256: entry.sha256 ?? null,
+    root: entry.root,
+    readOnly: entry.readOnly,
   };
 }

@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { isCacheRoot } from '../entry-store.js';
 import { CacheManager, InvalidKeyError, NotCacheRootError } from '../index.js';
+import { readOnlyRootsFromEnv } from '../options.js';
 import type { Io } from './command.js';
 import { formatError } from './errors.js';
 
@@ -39,12 +40,44 @@ export async function targetSublayers(root: string, only: string | undefined): P
     if (!stats?.isDirectory()) throw new Error(`no sublayer "${only}" under ${root}`);
     return [only];
   }
+  return sublayersIn(root);
+}
+
+async function sublayersIn(root: string): Promise<string[]> {
   const dirents = await fsp.readdir(root, { withFileTypes: true });
   // Symlinks are left out on purpose: the library refuses to work through a symlinked sublayer.
   return dirents
     .filter((dirent) => dirent.isDirectory() && isSublayerName(dirent.name))
     .map((dirent) => dirent.name)
     .sort();
+}
+
+/** The read-only roots `PAYLOAD_CACHE_READONLY_ROOTS` names, absolute, without `root` itself. */
+export function readOnlyRootsBeside(root: string): string[] {
+  return [...new Set(readOnlyRootsFromEnv().map((layer) => path.resolve(layer)))].filter(
+    (layer) => layer !== root,
+  );
+}
+
+/**
+ * {@link targetSublayers} over the root and its read-only roots: a sublayer found in any of them (a read-only
+ * root that is missing or unreadable adds none).
+ */
+export async function targetSublayersInLayers(
+  root: string,
+  readOnlyRoots: readonly string[],
+  only: string | undefined,
+): Promise<string[]> {
+  const found = await Promise.all(
+    readOnlyRoots.map((layer) =>
+      (only === undefined ? sublayersIn(layer) : targetSublayers(layer, only)).catch(() => []),
+    ),
+  );
+  const own = await targetSublayers(root, only).catch((error: unknown) => {
+    if (only !== undefined && found.some((names) => names.length > 0)) return [];
+    throw error;
+  });
+  return [...new Set([...own, ...found.flat()])].sort();
 }
 
 function isSublayerName(name: string): boolean {
