@@ -75,7 +75,8 @@ export async function touchEntry(
   if (nowMs - lastUsedAtMs < touchIntervalMs) return;
   const when = new Date(nowMs);
   await fsp.lutimes(paths.payload, when, when).catch(async (error: unknown) => {
-    if (errorCode(error) === 'EPERM') await touchAsGroupMember(paths.payload);
+    // POSIX only: that is where EPERM means "not the owner" (Windows answers it for a file held open).
+    if (errorCode(error) === 'EPERM' && process.platform !== 'win32') await touchAsGroupMember(paths.payload);
   });
 }
 
