@@ -7,6 +7,7 @@ import {
   existingRootOf,
   flag,
   type Io,
+  sharedOf,
 } from './command.js';
 import { confirm } from './confirm.js';
 import { carryOutPlans, outcomeJson, renderForeign, renderOutcome, renderPlan } from './plan.js';
@@ -44,7 +45,7 @@ async function runClear(input: CommandInput, io: Io): Promise<number> {
   openSublayer(sublayer, { root, ttlMs: Number.POSITIVE_INFINITY }); // the name rules first (exit 2)
   await assertCacheRoot(root);
   await targetSublayers(root, sublayer);
-  const cache = openSublayer(sublayer, { root, ttlMs: Number.POSITIVE_INFINITY });
+  const cache = openSublayer(sublayer, { root, ttlMs: Number.POSITIVE_INFINITY, shared: sharedOf(input) });
   const plans = [{ name: sublayer, cache, plan: await cache.planClear() }];
   const planned = plans[0]?.plan.remove ?? [];
   const bytes = planned.reduce((sum, item) => sum + item.sizeBytes, 0);

@@ -48,6 +48,7 @@ export interface Command {
 
 const COMMON_OPTIONS: OptionSpec = {
   root: { type: 'string' },
+  shared: { type: 'string' },
   debug: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 };
@@ -56,6 +57,9 @@ export function commonHelp(): string {
   return `Options for every command:
   --root DIR    Cache root. Default: $PAYLOAD_CACHE_DIR, else the platform's user cache directory
                 (here: ${getCacheDir()})
+  --shared group
+                The cache is shared by a Unix group: what the command creates (downloads, lock
+                directories) is made group-writable whatever the umask (README: Sharing a cache)
   --debug       Print the full error with its stack trace instead of one line
   -h, --help    Show this help`;
 }
@@ -111,6 +115,14 @@ export function stringOption(input: CommandInput, name: string): string | undefi
 
 export function flag(input: CommandInput, name: string): boolean {
   return input.values[name] === true;
+}
+
+/** `--shared group`, the only value there is; `undefined` without the flag. */
+export function sharedOf(input: CommandInput): 'group' | undefined {
+  const shared = stringOption(input, 'shared');
+  if (shared === undefined) return undefined;
+  if (shared !== 'group') throw new UsageError(`--shared takes only "group", got "${shared}"`);
+  return shared;
 }
 
 /** `--root` made absolute, else the global root (`PAYLOAD_CACHE_DIR` or the platform default). */

@@ -7,6 +7,7 @@ import {
   flag,
   type Io,
   limitsOf,
+  sharedOf,
   stringOption,
   ttlOf,
 } from './command.js';
@@ -79,7 +80,7 @@ async function runPrune(input: CommandInput, io: Io): Promise<number> {
   await assertCacheRoot(root);
   const names = await targetSublayers(root, stringOption(input, 'sublayer'));
   const { done, failed } = await eachSublayer(names, io, 'prune', async (name) => {
-    const cache = openSublayer(name, { root, ttlMs, ...limits });
+    const cache = openSublayer(name, { root, ttlMs, ...limits, shared: sharedOf(input) });
     return { name, cache, plan: await cache.planPrune() };
   });
   const plans: SublayerPlan[] = done.map(({ value }) => value);

@@ -11,6 +11,8 @@ export interface SublayerSettings {
   readonly ttlMs: number;
   readonly keepN?: number;
   readonly maxBytes?: number;
+  readonly shared?: 'group' | undefined;
+  readonly offline?: boolean | undefined;
 }
 
 /**
@@ -24,6 +26,8 @@ export function openSublayer(sublayer: string, settings: SublayerSettings): Cach
     ttl: settings.ttlMs,
     keepN: settings.keepN ?? Number.POSITIVE_INFINITY,
     maxBytes: settings.maxBytes ?? Number.POSITIVE_INFINITY,
+    shared: settings.shared,
+    offline: settings.offline,
     ...(Number.isFinite(settings.ttlMs) ? {} : { maxClockSkewMs: Number.POSITIVE_INFINITY }),
   });
 }

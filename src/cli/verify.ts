@@ -7,6 +7,7 @@ import {
   existingRootOf,
   flag,
   type Io,
+  sharedOf,
   stringOption,
 } from './command.js';
 import { renderForeign } from './plan.js';
@@ -55,7 +56,11 @@ async function runVerify(input: CommandInput, io: Io): Promise<number> {
   if (fix) await assertCacheRoot(root);
   const names = await targetSublayers(root, stringOption(input, 'sublayer'));
   const { done, failed } = await eachSublayer(names, io, 'verify', async (name) => {
-    const report = await openSublayer(name, { root, ttlMs: Number.POSITIVE_INFINITY }).verify({ fix });
+    const report = await openSublayer(name, {
+      root,
+      ttlMs: Number.POSITIVE_INFINITY,
+      shared: sharedOf(input),
+    }).verify({ fix });
     const removed = new Set(report.removed.map((item) => item.path));
     return {
       name,
