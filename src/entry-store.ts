@@ -186,16 +186,18 @@ export async function retireManifest(manifestPath: string): Promise<string | und
 /**
  * Puts a retired manifest back, but never over a manifest another writer placed meanwhile: `link` fails
  * when the name is taken. Where links are not supported (SMB), a rename while the name is still free.
- * Should both fail, the key stays a miss and the tombstone is swept.
+ * When another writer's manifest is there, that writer renamed its payload in first, so the tombstone
+ * describes bytes that are gone and goes too. Should everything fail, the key stays a miss and the
+ * tombstone is swept.
  */
 async function restoreManifest(tombstone: string, manifestPath: string): Promise<void> {
   try {
     await fsp.link(tombstone, manifestPath);
-    await removeFile(tombstone);
   } catch (error) {
-    if (errorCode(error) === 'EEXIST' || (await lstatOrUndefined(manifestPath).catch(() => true))) return;
-    await renameWithRetry(tombstone, manifestPath).catch(() => {});
+    const taken = errorCode(error) === 'EEXIST' || (await lstatOrUndefined(manifestPath).catch(() => true));
+    if (!taken) return renameWithRetry(tombstone, manifestPath).catch(() => {});
   }
+  await removeFile(tombstone).catch(() => {});
 }
 
 /**

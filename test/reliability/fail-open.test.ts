@@ -44,7 +44,10 @@ describe('lock fails open', () => {
     expect(result.writerErrors).toEqual([]);
     // Every path a writer or a reader got held one writer's complete payload, exactly.
     expect(result.badReads).toEqual([]);
-    expect(result.writerReads).toBe(WRITERS * ROUNDS);
+    // On Windows a reader holding the payload open past the rename retries makes a writer fail with
+    // ERR_FILE_BUSY, its previous entry kept (README, Guarantees); elsewhere no writer ever fails.
+    if (process.platform !== 'win32') expect(result.busyWriters).toEqual([]);
+    expect(result.writerReads + result.busyWriters.length).toBe(WRITERS * ROUNDS);
     expect(result.readerReads).toBeGreaterThan(0);
     // A writer's returned path holds a payload of its own round: never an older one.
     expect(result.staleWriterReads).toEqual([]);
@@ -53,7 +56,8 @@ describe('lock fails open', () => {
     expect(result.roundMismatches).toEqual([]);
     expect(result.rounds).toHaveLength(ROUNDS);
     for (const round of result.rounds) {
-      expect(round.payload).toMatchObject({ ok: true, round: round.round });
+      // Which round's payload it must be (this one, or the last one a writer completed) roundMismatches checks.
+      expect(round.payload).toMatchObject({ ok: true });
       expect(['matches', 'withdrawn']).toContain(round.manifest);
     }
     expect(result.leftovers).toEqual([]);
