@@ -11,7 +11,8 @@ export {
   NotCacheRootError,
   PayloadCacheError,
 } from './errors.js';
-export { type HttpFetcherOptions, type HttpProgress, HttpStatusError, httpFetcher } from './http-fetcher.js';
+export { HttpStatusError } from './http-errors.js';
+export { type HttpFetcherOptions, type HttpProgress, httpFetcher } from './http-fetcher.js';
 export type { Manifest } from './manifest.js';
 export type { CacheStats } from './observability.js';
 export type { CacheManagerOptions } from './options.js';
