@@ -1,10 +1,11 @@
 import { pipeline } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
-import { type Dispatcher, EnvHttpProxyAgent, request } from 'undici';
+import { type Dispatcher, request } from 'undici';
 import { sleep } from './abort.js';
 import { BulkPayloadCorruptError, PayloadCacheError } from './errors.js';
-import { describeUrl, HttpStatusError } from './http-errors.js';
+import { describeUrl, HttpStatusError, ProxyError } from './http-errors.js';
 import type { Settings } from './http-fetcher.js';
+import { environmentDispatcher, proxyRefusal } from './proxy.js';
 import type { FetchContext, FetchedBody } from './types.js';
 
 /** One URL's download for httpFetcher: its requests, redirects, retries, resumes and the body it streams. */
@@ -21,6 +22,7 @@ export class Download {
   readonly #ctx: FetchContext;
   readonly #dispatcher: Dispatcher;
   readonly #ownsDispatcher: boolean;
+  readonly #proxyFor: (url: URL) => string | undefined;
   #retriesLeft: number;
   #failures = 0;
   #current: Response | undefined;
@@ -41,9 +43,11 @@ export class Download {
     this.#ctx = ctx;
     this.#retriesLeft = settings.retries;
     this.#ownsDispatcher = settings.dispatcher === undefined;
-    // undici's own connect timeout (10 s) would otherwise outlast a shorter timeoutMs.
-    this.#dispatcher =
-      settings.dispatcher ?? new EnvHttpProxyAgent({ connect: { timeout: settings.timeoutMs } });
+    const route = settings.dispatcher
+      ? { dispatcher: settings.dispatcher, proxyFor: () => undefined }
+      : environmentDispatcher(settings.timeoutMs);
+    this.#dispatcher = route.dispatcher;
+    this.#proxyFor = route.proxyFor;
   }
 
   /**
@@ -56,7 +60,12 @@ export class Download {
       try {
         response = await this.#follow(this.#requestHeaders(offset, conditional));
       } catch (error) {
-        if (error instanceof PayloadCacheError || this.#ctx.signal.aborted) throw this.#abortReasonOr(error);
+        if (this.#ctx.signal.aborted) throw this.#ctx.signal.reason;
+        // A proxy's 502 or 503 is trouble on the way, retried like a server's; its 403 or 407 is a rule.
+        const retryable =
+          !(error instanceof PayloadCacheError) ||
+          (error instanceof ProxyError && RETRYABLE_STATUS.has(error.status));
+        if (!retryable) throw error;
         await this.#backoff(error, undefined);
         continue;
       }
@@ -227,14 +236,7 @@ export class Download {
     let url = this.#url;
     const visited = new Set<string>();
     for (let redirects = 0; ; redirects++) {
-      const response = await request(url, {
-        dispatcher: this.#dispatcher,
-        method: 'GET',
-        headers,
-        signal: this.#ctx.signal,
-        headersTimeout: this.#settings.timeoutMs,
-        bodyTimeout: this.#settings.timeoutMs,
-      });
+      const response = await this.#request(url, headers);
       this.#resolvedUrl = url;
       const location = header(response.headers, 'location');
       if (!REDIRECT_STATUS.has(response.statusCode) || location === undefined) return response;
@@ -258,6 +260,21 @@ export class Download {
       }
       if (next.origin !== url.origin) headers = this.#headersForAnotherOrigin(headers);
       url = next;
+    }
+  }
+
+  async #request(url: URL, headers: Record<string, string>): Promise<Response> {
+    try {
+      return await request(url, {
+        dispatcher: this.#dispatcher,
+        method: 'GET',
+        headers,
+        signal: this.#ctx.signal,
+        headersTimeout: this.#settings.timeoutMs,
+        bodyTimeout: this.#settings.timeoutMs,
+      });
+    } catch (error) {
+      throw proxyRefusal(error, url, this.#proxyFor(url)) ?? error;
     }
   }
 

@@ -19,6 +19,44 @@ export class HttpStatusError extends PayloadCacheError {
   }
 }
 
+/**
+ * A proxy refused to carry the request: it answered the tunnel an `https://` download asks for (`CONNECT`)
+ * with another status than 200, or a forwarded `http://` request with 407 Proxy Authentication Required.
+ * The origin server was never reached.
+ */
+export class ProxyError extends PayloadCacheError {
+  /** The proxy's status: 403 for a tunnel its rules forbid, 407 when it wants credentials... */
+  readonly status: number;
+  /** The proxy's origin, without credentials; `undefined` when a caller's own `dispatcher` chose the proxy. */
+  readonly proxy: string | undefined;
+  /** The URL the proxy refused to carry: origin and path only. */
+  readonly url: string;
+
+  constructor(
+    status: number,
+    proxy: string | undefined,
+    url: string,
+    method: 'CONNECT' | 'GET',
+    options?: { cause?: unknown },
+  ) {
+    const request = method === 'CONNECT' ? `the tunnel (CONNECT) for ${url}` : `the request for ${url}`;
+    super(
+      'ERR_PROXY',
+      `${proxy ? `proxy ${proxy}` : "the dispatcher's proxy"} answered ${status} to ${request}${hint(status, method)}`,
+      options,
+    );
+    this.status = status;
+    this.proxy = proxy;
+    this.url = url;
+  }
+}
+
+function hint(status: number, method: 'CONNECT' | 'GET'): string {
+  if (status === 407) return ': it wants credentials (http://user:password@host:port in the proxy variable)';
+  if (status === 403 && method === 'CONNECT') return ': many proxies tunnel to port 443 only';
+  return '';
+}
+
 /** For messages: origin and path only, since query strings often carry signatures and tokens. */
 export function describeUrl(url: URL): string {
   return `${url.origin}${url.pathname}`;

@@ -21,7 +21,10 @@ export interface HttpFetcherOptions {
   headers?: Record<string, string>;
   /** Send `headers` (but never the three credential headers) to the origin a redirect leads to. Default false. */
   keepHeadersAcrossOrigins?: boolean;
-  /** An undici Dispatcher (Agent, ProxyAgent, MockAgent...). Default: a fresh `EnvHttpProxyAgent` per download. */
+  /**
+   * An undici Dispatcher (Agent, ProxyAgent, MockAgent...). Default: a fresh `EnvHttpProxyAgent` per download
+   * that forwards `http://` URLs through an `http://` proxy and tunnels only `https://` (as curl does).
+   */
   dispatcher?: Dispatcher;
   /** Failed requests and broken bodies retried (resumes included). Default 3. */
   retries?: number;
@@ -61,8 +64,9 @@ export const HTTP_FETCHER_DEFAULTS = {
  * A fetcher for `getOrFetch` that downloads `url` with undici: streamed (constant memory), retried with
  * backoff on network errors, timeouts and 408/429/5xx (honouring `Retry-After`), resumed with `Range` +
  * `If-Range` when the server supports it, and revalidated with `If-None-Match`/`If-Modified-Since` when the
- * cached entry has expired (a `304` renews it without a download). Proxies come from `HTTP_PROXY`,
- * `HTTPS_PROXY` and `NO_PROXY` unless a `dispatcher` is given.
+ * cached entry has expired (a `304` renews it without a download). Proxies come from `http_proxy`,
+ * `https_proxy` and `no_proxy` (either case) unless a `dispatcher` is given; a proxy's refusal is a
+ * {@link ProxyError}.
  */
 export function httpFetcher(url: string | URL, options: HttpFetcherOptions = {}): FetchFn {
   const target = parseUrl(url);

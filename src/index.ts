@@ -11,7 +11,7 @@ export {
   NotCacheRootError,
   PayloadCacheError,
 } from './errors.js';
-export { HttpStatusError } from './http-errors.js';
+export { HttpStatusError, ProxyError } from './http-errors.js';
 export { type HttpFetcherOptions, type HttpProgress, httpFetcher } from './http-fetcher.js';
 export type { Manifest } from './manifest.js';
 export type { CacheStats } from './observability.js';

@@ -23,8 +23,10 @@ import {
   removeTempDirs,
   sha256,
   tmpFilesIn,
+  watchUncaught,
 } from './helpers.js';
 import {
+  clearProxyVariables,
   closeAllServers,
   drained,
   type RecordedRequest,
@@ -40,41 +42,25 @@ const LAST_MODIFIED = 'Wed, 21 Oct 2026 07:28:00 GMT';
 const MiB = 1024 * 1024;
 /** Retries without waiting seconds: every backoff stays at a few milliseconds. */
 const quick: HttpFetcherOptions = { retryDelayMs: 5, maxRetryDelayMs: 50 };
-const PROXY_VARIABLES = ['HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'http_proxy', 'https_proxy', 'no_proxy'];
-
 let root: string;
 let clock: ReturnType<typeof manualClock>;
-let savedEnv: Record<string, string | undefined>;
+let restoreProxyVariables: () => void;
 /** Exceptions nobody caught while a test ran (an 'error' event without listener, for one): each fails it. */
-let uncaught: unknown[] = [];
-const recordUncaught = (error: unknown) => uncaught.push(error);
+let uncaught: ReturnType<typeof watchUncaught>;
 
 beforeEach(async () => {
-  uncaught = [];
-  process.on('uncaughtException', recordUncaught);
+  uncaught = watchUncaught();
   root = await makeTempDir();
   clock = manualClock();
-  savedEnv = {};
-  for (const name of PROXY_VARIABLES) {
-    savedEnv[name] = process.env[name];
-    delete process.env[name];
-  }
+  restoreProxyVariables = clearProxyVariables();
 });
 
 afterEach(async () => {
   try {
-    // Stream errors are emitted on a later turn (undici defers them with setImmediate).
-    await delay(30);
-    const stacks = uncaught.map((error) => (error instanceof Error ? (error.stack ?? error.message) : error));
-    expect(stacks, 'uncaught exceptions during the test').toEqual([]);
+    expect(await uncaught.stop(), 'uncaught exceptions during the test').toEqual([]);
   } finally {
-    process.off('uncaughtException', recordUncaught);
     await closeAllServers();
-    for (const name of PROXY_VARIABLES) {
-      const value = savedEnv[name];
-      if (value === undefined) delete process.env[name];
-      else process.env[name] = value;
-    }
+    restoreProxyVariables();
     await removeTempDirs();
   }
 });

@@ -97,8 +97,8 @@ async function listen(server: http.Server, requests: RecordedRequest[], host: st
 }
 
 /**
- * A forward proxy: absolute-URI requests are forwarded with `http.request`, and `CONNECT` (which undici's
- * ProxyAgent uses by default, even for http targets) is tunnelled. Each request or tunnel is recorded.
+ * A forward proxy: absolute-URI requests (httpFetcher's for `http://` URLs) are forwarded with
+ * `http.request`, and `CONNECT` (for `https://`) is tunnelled. Each request or tunnel is recorded.
  */
 export async function startProxy(): Promise<TestServer> {
   const requests: RecordedRequest[] = [];
@@ -142,6 +142,21 @@ export async function startProxy(): Promise<TestServer> {
       return closeProxy();
     },
   });
+}
+
+/** The variables httpFetcher takes its proxies from, in both cases. */
+const PROXY_VARIABLES = ['HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'http_proxy', 'https_proxy', 'no_proxy'];
+
+/** Clears the proxy variables for a test; the function returned puts back what was there. */
+export function clearProxyVariables(): () => void {
+  const saved = new Map(PROXY_VARIABLES.map((name) => [name, process.env[name]]));
+  for (const name of PROXY_VARIABLES) delete process.env[name];
+  return () => {
+    for (const [name, value] of saved) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  };
 }
 
 /** The first byte asked for by `Range: bytes=N-`, or `undefined` when there is no such header. */

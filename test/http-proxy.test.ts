@@ -1,0 +1,141 @@
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { CacheManager, type HttpFetcherOptions, httpFetcher, ProxyError } from '../src/index.js';
+import { makeTempDir, patternBytes, removeTempDirs, sha256, tmpFilesIn, watchUncaught } from './helpers.js';
+import { clearProxyVariables, closeAllServers, servePayload, startServer } from './http-servers.js';
+import { hasTinyproxy, startTinyproxy, stopAllTinyproxies, VIA_NAME } from './tinyproxy.js';
+
+// httpFetcher behind a real tinyproxy set up as proxies ship: CONNECT to port 443 only. undici's ProxyAgent
+// tunnelled every request, so an http:// download failed there with "AbortError: Proxy response (403)".
+
+const KEY = 'payload.bin';
+const quick: HttpFetcherOptions = { retryDelayMs: 5, maxRetryDelayMs: 50 };
+const payload = patternBytes(300_000, 31);
+
+let root: string;
+let restoreProxyVariables: () => void;
+let uncaught: ReturnType<typeof watchUncaught>;
+
+beforeEach(async () => {
+  uncaught = watchUncaught();
+  root = await makeTempDir('payload-cache-proxy-');
+  restoreProxyVariables = clearProxyVariables();
+});
+
+afterEach(async () => {
+  try {
+    expect(await uncaught.stop(), 'uncaught exceptions during the test').toEqual([]);
+  } finally {
+    await stopAllTinyproxies();
+    await closeAllServers();
+    restoreProxyVariables();
+    await removeTempDirs();
+  }
+});
+
+const cache = () => new CacheManager({ sublayer: 'proxied', root, ttl: Number.POSITIVE_INFINITY });
+
+async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => {
+      throw new Error('expected a rejection, got a result');
+    },
+    (error: unknown) => error,
+  );
+}
+
+async function expectNothingPublished(): Promise<void> {
+  const dir = path.join(root, 'proxied');
+  expect(await fsp.readdir(dir).catch(() => [])).not.toContain(KEY);
+  expect(await tmpFilesIn(dir)).toEqual([]);
+}
+
+const payloadServer = () => startServer((req, res) => servePayload(req, res, payload, { etag: '"p"' }));
+
+describe.skipIf(!hasTinyproxy)(
+  'httpFetcher through a real tinyproxy [skipped without the tinyproxy binary: apt-get install tinyproxy]',
+  () => {
+    for (const variable of ['HTTP_PROXY', 'http_proxy']) {
+      it(`${variable}: an http:// download is forwarded by the proxy (GET http://...), not tunnelled`, async () => {
+        const server = await payloadServer();
+        const proxy = await startTinyproxy();
+        process.env[variable] = proxy.origin;
+        const returned = await cache().getOrFetch(KEY, httpFetcher(server.url('/forwarded.bin'), quick));
+        expect(sha256(await fsp.readFile(returned))).toBe(sha256(payload));
+        expect(server.requests).toHaveLength(1);
+        expect(server.requests[0]?.headers.via).toContain(VIA_NAME);
+        expect(await proxy.requests()).toEqual([`GET ${server.url('/forwarded.bin')}`]);
+        expect(await proxy.refusedConnects()).toBe(0);
+      });
+    }
+
+    it('http_proxy wins over HTTP_PROXY, as in curl', async () => {
+      const server = await payloadServer();
+      const proxy = await startTinyproxy();
+      process.env.HTTP_PROXY = 'http://127.0.0.1:9';
+      process.env.http_proxy = proxy.origin;
+      await cache().getOrFetch(KEY, httpFetcher(server.url('/lower-case-wins.bin'), quick));
+      expect(await proxy.requests()).toEqual([`GET ${server.url('/lower-case-wins.bin')}`]);
+    });
+
+    for (const variable of ['NO_PROXY', 'no_proxy']) {
+      it(`${variable}=127.0.0.1 reaches the server directly, never through the proxy`, async () => {
+        const server = await payloadServer();
+        const proxy = await startTinyproxy();
+        process.env.HTTP_PROXY = proxy.origin;
+        process.env[variable] = '127.0.0.1';
+        await cache().getOrFetch(KEY, httpFetcher(server.url('/direct.bin'), quick));
+        expect(server.requests).toHaveLength(1);
+        expect(server.requests[0]?.headers.via).toBeUndefined();
+        expect(await proxy.requests()).toEqual([]);
+      });
+    }
+
+    for (const variable of ['HTTPS_PROXY', 'https_proxy']) {
+      it(`${variable}: an https:// URL on a port the proxy will not tunnel to is a ProxyError 403, asked once`, async () => {
+        const proxy = await startTinyproxy();
+        process.env[variable] = `http://user:hunter2@127.0.0.1:${proxy.port}`;
+        // No server needed: the proxy refuses the tunnel before it connects anywhere.
+        const url = 'https://127.0.0.1:8443/file.bin?token=SECRET';
+        const error = await rejectionOf(cache().getOrFetch(KEY, httpFetcher(url, { ...quick, retries: 3 })));
+        expect(error).toBeInstanceOf(ProxyError);
+        expect(error).toMatchObject({
+          code: 'ERR_PROXY',
+          status: 403,
+          proxy: proxy.origin,
+          url: 'https://127.0.0.1:8443/file.bin',
+        });
+        const message = (error as Error).message;
+        expect(message).toContain('CONNECT');
+        expect(message).not.toContain('hunter2');
+        expect(message).not.toContain('SECRET');
+        expect(await proxy.requests()).toEqual(['CONNECT 127.0.0.1:8443']);
+        expect(await proxy.refusedConnects()).toBe(1);
+        await expectNothingPublished();
+      });
+    }
+
+    it('a proxy that wants credentials: 407 is a ProxyError, asked once; with them in the URL it works', async () => {
+      const server = await payloadServer();
+      const proxy = await startTinyproxy(['BasicAuth downloader s3cret']);
+      process.env.HTTP_PROXY = proxy.origin;
+      const error = await rejectionOf(
+        cache().getOrFetch(KEY, httpFetcher(server.url('/guarded.bin'), { ...quick, retries: 3 })),
+      );
+      expect(error).toBeInstanceOf(ProxyError);
+      expect(error).toMatchObject({ code: 'ERR_PROXY', status: 407, proxy: proxy.origin });
+      expect((error as Error).message).toContain('credentials');
+      expect(await proxy.requests()).toEqual([`GET ${server.url('/guarded.bin')}`]);
+      expect(server.requests).toHaveLength(0);
+      await expectNothingPublished();
+
+      process.env.HTTP_PROXY = `http://downloader:s3cret@127.0.0.1:${proxy.port}`;
+      const returned = await cache().getOrFetch(KEY, httpFetcher(server.url('/guarded.bin'), quick));
+      expect(sha256(await fsp.readFile(returned))).toBe(sha256(payload));
+      expect(server.requests[0]?.headers.via).toContain(VIA_NAME);
+      // The proxy's credentials are for the proxy: they never reach the server.
+      expect(server.requests[0]?.headers['proxy-authorization']).toBeUndefined();
+    });
+  },
+);
