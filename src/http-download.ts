@@ -1,3 +1,4 @@
+import { createHash, type Hash } from 'node:crypto';
 import { pipeline } from 'node:stream';
 import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
 import { type Dispatcher, request } from 'undici';
@@ -5,24 +6,23 @@ import { sleep } from './abort.js';
 import { BulkPayloadCorruptError, PayloadCacheError } from './errors.js';
 import { describeUrl, HttpStatusError, ProxyError } from './http-errors.js';
 import type { Settings } from './http-fetcher.js';
-import { environmentDispatcher, proxyRefusal } from './proxy.js';
-import type { FetchContext, FetchedBody } from './types.js';
+import type { Mirror } from './mirrors.js';
+import { type EnvironmentDispatcher, proxyRefusal } from './proxy.js';
+import type { FetchContext } from './types.js';
 
 /** One URL's download for httpFetcher: its requests, redirects, retries, resumes and the body it streams. */
 
 const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
 
-type Response = Dispatcher.ResponseData;
+export type Response = Dispatcher.ResponseData;
 
-/** One download: its dispatcher, its retry budget, and the response being streamed. */
+/** One URL's download: its retry budget, what allows a resume, and the response being streamed. */
 export class Download {
-  readonly #url: URL;
+  readonly mirror: Mirror;
   readonly #settings: Settings;
   readonly #ctx: FetchContext;
-  readonly #dispatcher: Dispatcher;
-  readonly #ownsDispatcher: boolean;
-  readonly #proxyFor: (url: URL) => string | undefined;
+  readonly #route: EnvironmentDispatcher;
   #retriesLeft: number;
   #failures = 0;
   #current: Response | undefined;
@@ -36,25 +36,30 @@ export class Download {
   etag: string | undefined;
   lastModified: string | undefined;
 
-  constructor(url: URL, settings: Settings, ctx: FetchContext) {
-    this.#url = url;
-    this.#resolvedUrl = url;
+  constructor(mirror: Mirror, settings: Settings, ctx: FetchContext, route: EnvironmentDispatcher) {
+    this.mirror = mirror;
+    this.#resolvedUrl = mirror.url;
     this.#settings = settings;
     this.#ctx = ctx;
+    this.#route = route;
     this.#retriesLeft = settings.retries;
-    this.#ownsDispatcher = settings.dispatcher === undefined;
-    const route = settings.dispatcher
-      ? { dispatcher: settings.dispatcher, proxyFor: () => undefined }
-      : environmentDispatcher(settings.timeoutMs);
-    this.#dispatcher = route.dispatcher;
-    this.#proxyFor = route.proxyFor;
+  }
+
+  /**
+   * Sends the first request and returns its usable answer: a `304` to a conditional request, or a `200`
+   * whose size and validators are taken in (a `Content-Length` above `maxBytes` is refused here).
+   */
+  async begin(conditional: boolean): Promise<Response> {
+    const first = await this.#open(0, conditional);
+    if (first.statusCode === 200) this.#adopt(first);
+    return first;
   }
 
   /**
    * Sends the request (a range request from `offset` when it is > 0), following redirects and retrying
    * retryable failures, and returns the first usable response: 2xx, or 304 for a conditional request.
    */
-  async open(offset: number, conditional: boolean): Promise<Response> {
+  async #open(offset: number, conditional: boolean): Promise<Response> {
     for (;;) {
       let response: Response;
       try {
@@ -87,26 +92,7 @@ export class Download {
     }
   }
 
-  /** Turns the first response into the body handed to the cache, with facts that track restarts. */
-  start(first: Response): FetchedBody {
-    this.#adopt(first);
-    const download = this;
-    const body = new DownloadBody(this.#chunks(first), () => this.close());
-    return {
-      body,
-      get expectedSize() {
-        return download.totalBytes;
-      },
-      get etag() {
-        return download.etag;
-      },
-      get lastModified() {
-        return download.lastModified;
-      },
-      sha256: this.#settings.expectedSha256,
-    };
-  }
-
+  /** Lets go of the response being read, and of its connection. */
   async close(): Promise<void> {
     const body = this.#current?.body;
     this.#current = undefined;
@@ -115,41 +101,63 @@ export class Download {
       body.on('error', () => {});
       body.destroy();
     }
-    if (this.#ownsDispatcher) await this.#dispatcher.close().catch(() => {});
   }
 
-  async *#chunks(first: Response): AsyncGenerator<Uint8Array> {
+  /**
+   * The payload's bytes from the first response on, resumed or restarted on this URL after a break. The
+   * whole is checked before the end is reported: a digest other than `expectedSha256` or more bytes than
+   * the stated size is a {@link BulkPayloadCorruptError} here, so that the next URL can be tried instead.
+   * What `onProgress` throws comes out wrapped in a {@link CallerError}.
+   */
+  async *chunks(first: Response): AsyncGenerator<Uint8Array> {
     let response = first;
     let received = 0;
+    let digest = this.#newDigest();
     const { maxBytes } = this.#settings;
     for (;;) {
       try {
         for await (const chunk of decodedBody(response, this.#resolvedUrl)) {
           received += (chunk as Buffer).byteLength;
           if (received > maxBytes) throw this.#tooLarge(received);
+          if (this.totalBytes !== undefined && received > this.totalBytes) throw this.#tooLong(received);
+          digest?.update(chunk as Buffer);
           this.#reportProgress(received);
           yield chunk as Buffer;
         }
         // A body that ends short of the known size (a 206 for less than the rest, a connection closed
         // cleanly too early) is a break like any other: resume it or fail as truncated.
-        if (this.totalBytes === undefined || received >= this.totalBytes) return;
+        if (this.totalBytes === undefined || received >= this.totalBytes) return this.#checkDigest(digest);
         throw new Error(`the body ended after ${received} of ${this.totalBytes} bytes`);
       } catch (error) {
-        if (error instanceof CallerError) throw error.thrown;
+        if (error instanceof CallerError) throw error;
         if (error instanceof PayloadCacheError || this.#ctx.signal.aborted) throw this.#abortReasonOr(error);
         response.body.destroy();
         if (this.#retriesLeft === 0) throw this.#truncated(received, error);
         await this.#backoff(error, undefined);
         const next = await this.#resume(received);
-        if (next === COMPLETE) return;
+        if (next === COMPLETE) return this.#checkDigest(digest);
         response = next;
         if (!this.#continues(response, received)) {
           this.#ctx.resetBody();
           received = 0;
+          digest = this.#newDigest();
         }
         this.#adopt(response);
       }
     }
+  }
+
+  /** Hashing costs CPU: only when there is a digest to check. */
+  #newDigest(): Hash | undefined {
+    return this.#settings.expectedSha256 === undefined ? undefined : createHash('sha256');
+  }
+
+  #checkDigest(digest: Hash | undefined): void {
+    const expected = this.#settings.expectedSha256?.toLowerCase();
+    const actual = digest?.digest('hex');
+    if (actual === expected) return;
+    const detail = `expected sha256 ${expected}, got ${actual} from ${describeUrl(this.#resolvedUrl)}`;
+    throw new BulkPayloadCorruptError(this.#ctx.key, 'hash-mismatch', detail);
   }
 
   /** `onProgress` is the caller's code: what it throws ends the download as it is, never as a network break. */
@@ -169,18 +177,18 @@ export class Download {
    * the body was complete (a chunked body that lost only its last chunk).
    */
   async #resume(received: number): Promise<Response | typeof COMPLETE> {
-    if (received === 0 || !this.#canResume) return this.open(0, false);
-    const next = await this.open(received, false);
+    if (received === 0 || !this.#canResume) return this.#open(0, false);
+    const next = await this.#open(received, false);
     if (next.statusCode === 416) {
       await discard(next);
       const total = unsatisfiedRangeTotal(next);
       const known = this.totalBytes === undefined || this.totalBytes === received;
       if (total === received && known) return COMPLETE;
-      return this.open(0, false);
+      return this.#open(0, false);
     }
     if (next.statusCode !== 206 || this.#continues(next, received)) return next;
     await discard(next);
-    return this.open(0, false);
+    return this.#open(0, false);
   }
 
   /**
@@ -233,7 +241,7 @@ export class Download {
   }
 
   async #follow(headers: Record<string, string>): Promise<Response> {
-    let url = this.#url;
+    let url = this.mirror.url;
     const visited = new Set<string>();
     for (let redirects = 0; ; redirects++) {
       const response = await this.#request(url, headers);
@@ -266,7 +274,7 @@ export class Download {
   async #request(url: URL, headers: Record<string, string>): Promise<Response> {
     try {
       return await request(url, {
-        dispatcher: this.#dispatcher,
+        dispatcher: this.#route.dispatcher,
         method: 'GET',
         headers,
         signal: this.#ctx.signal,
@@ -274,13 +282,13 @@ export class Download {
         bodyTimeout: this.#settings.timeoutMs,
       });
     } catch (error) {
-      throw proxyRefusal(error, url, this.#proxyFor(url)) ?? error;
+      throw proxyRefusal(error, url, this.#route.proxyFor(url)) ?? error;
     }
   }
 
   /** What may follow a redirect to another origin: the fetcher's own headers, and the caller's if allowed. */
   #headersForAnotherOrigin(headers: Record<string, string>): Record<string, string> {
-    const callers = new Set(Object.keys(lowerCaseKeys(this.#settings.headers)));
+    const callers = new Set(Object.keys(this.mirror.headers));
     return Object.fromEntries(
       Object.entries(headers).filter(
         ([name]) =>
@@ -293,7 +301,7 @@ export class Download {
   #requestHeaders(offset: number, conditional: boolean): Record<string, string> {
     const headers: Record<string, string> = {
       'accept-encoding': 'identity',
-      ...lowerCaseKeys(this.#settings.headers),
+      ...this.mirror.headers,
     };
     const previous = this.#ctx.previous?.manifest;
     if (conditional && previous) {
@@ -329,32 +337,14 @@ export class Download {
     return new BulkPayloadCorruptError(this.#ctx.key, 'truncated', detail, { cause });
   }
 
+  #tooLong(bytes: number): BulkPayloadCorruptError {
+    const detail = `${describeUrl(this.#resolvedUrl)} sent at least ${bytes} bytes of the ${this.totalBytes} it stated`;
+    return new BulkPayloadCorruptError(this.#ctx.key, 'size-mismatch', detail);
+  }
+
   #tooLarge(bytes: number): BulkPayloadCorruptError {
     const detail = `${bytes} bytes exceed maxBytes ${this.#settings.maxBytes}`;
     return new BulkPayloadCorruptError(this.#ctx.key, 'size-mismatch', detail);
-  }
-}
-
-/** The body handed to the cache; `destroy()` frees the connection even if it is never read. */
-class DownloadBody implements AsyncIterable<Uint8Array> {
-  readonly #chunks: AsyncGenerator<Uint8Array>;
-  readonly #close: () => Promise<void>;
-
-  constructor(chunks: AsyncGenerator<Uint8Array>, close: () => Promise<void>) {
-    this.#chunks = chunks;
-    this.#close = close;
-  }
-
-  async *[Symbol.asyncIterator](): AsyncGenerator<Uint8Array> {
-    try {
-      yield* this.#chunks;
-    } finally {
-      await this.#close();
-    }
-  }
-
-  destroy(): void {
-    void this.#close();
   }
 }
 
@@ -428,7 +418,7 @@ function unsatisfiedRangeTotal(response: Response): number | undefined {
 const COMPLETE = Symbol('complete');
 
 /** Something the caller's own callback threw: it ends the download unchanged, never as a network break. */
-class CallerError {
+export class CallerError {
   constructor(readonly thrown: unknown) {}
 }
 
@@ -457,9 +447,3 @@ async function discard(response: Response): Promise<void> {
 }
 
 const CREDENTIAL_HEADERS = new Set(['authorization', 'cookie', 'proxy-authorization']);
-
-function lowerCaseKeys(headers: Record<string, string> | undefined): Record<string, string> {
-  return Object.fromEntries(
-    Object.entries(headers ?? {}).map(([name, value]) => [name.toLowerCase(), value]),
-  );
-}

@@ -1,4 +1,4 @@
-import { PayloadCacheError } from './errors.js';
+import { BulkPayloadCorruptError, PayloadCacheError } from './errors.js';
 
 /** The errors httpFetcher raises for what a server, a proxy or the network answered. */
 
@@ -55,6 +55,50 @@ function hint(status: number, method: 'CONNECT' | 'GET'): string {
   if (status === 407) return ': it wants credentials (http://user:password@host:port in the proxy variable)';
   if (status === 403 && method === 'CONNECT') return ': many proxies tunnel to port 443 only';
   return '';
+}
+
+/** What one URL answered before httpFetcher moved on to the next. */
+export interface MirrorFailure {
+  /** The URL as listed: origin and path only (no credentials, no query string). */
+  readonly url: string;
+  /** The HTTP status, when the answer was one (a proxy's for a {@link ProxyError}). */
+  readonly status: number | undefined;
+  /** The error's code: `ERR_HTTP_STATUS`, `ERR_PROXY`, `ERR_PAYLOAD_CORRUPT`, `ECONNREFUSED`, `UND_ERR_HEADERS_TIMEOUT`... */
+  readonly code: string | undefined;
+  /** The answer in a few words: `HTTP 503`, `ECONNREFUSED`, `hash-mismatch`, `proxy answered 403`. */
+  readonly answer: string;
+  /** The error itself. */
+  readonly error: unknown;
+}
+
+/**
+ * Every URL given to httpFetcher failed (with two or more URLs; a single URL's error is thrown as it is).
+ * `failures` lists what each answered, in the order they were tried; the last one's error is the `cause`.
+ */
+export class MirrorsFailedError extends PayloadCacheError {
+  /** What each URL answered, in the order they were tried. */
+  readonly failures: readonly MirrorFailure[];
+
+  constructor(failures: readonly MirrorFailure[]) {
+    const answers = failures.map((failure) => `${failure.url} (${failure.answer})`);
+    super('ERR_ALL_MIRRORS_FAILED', `all ${failures.length} URLs failed: ${answers.join(', ')}`, {
+      cause: failures.at(-1)?.error,
+    });
+    this.failures = failures;
+  }
+}
+
+/** The {@link MirrorFailure} for the URL named `url` that failed with `error`. */
+export function mirrorFailure(url: string, error: unknown): MirrorFailure {
+  const code = (error as { code?: unknown } | undefined)?.code;
+  const base = { url, error, code: typeof code === 'string' ? code : undefined, status: undefined };
+  if (error instanceof HttpStatusError)
+    return { ...base, status: error.status, answer: `HTTP ${error.status}` };
+  if (error instanceof ProxyError) {
+    return { ...base, status: error.status, answer: `proxy answered ${error.status}` };
+  }
+  if (error instanceof BulkPayloadCorruptError) return { ...base, answer: error.reason };
+  return { ...base, answer: base.code ?? (error instanceof Error ? error.name : 'failed') };
 }
 
 /** For messages: origin and path only, since query strings often carry signatures and tokens. */

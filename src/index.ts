@@ -11,9 +11,10 @@ export {
   NotCacheRootError,
   PayloadCacheError,
 } from './errors.js';
-export { HttpStatusError, ProxyError } from './http-errors.js';
+export { HttpStatusError, type MirrorFailure, MirrorsFailedError, ProxyError } from './http-errors.js';
 export { type HttpFetcherOptions, type HttpProgress, httpFetcher } from './http-fetcher.js';
 export type { Manifest } from './manifest.js';
+export type { HttpMirror, HttpSource } from './mirrors.js';
 export type { CacheStats } from './observability.js';
 export type { CacheManagerOptions } from './options.js';
 export {

@@ -65,6 +65,16 @@ export function watchUncaught(): { stop(): Promise<unknown[]> } {
   };
 }
 
+/** What `promise` rejects with; a test fails if it resolves instead. */
+export async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => {
+      throw new Error('expected a rejection, got a result');
+    },
+    (error: unknown) => error,
+  );
+}
+
 /** A controllable clock for `now`. */
 export function manualClock(startMs = Date.parse('2026-01-01T00:00:00Z')) {
   let nowMs = startMs;

@@ -20,6 +20,7 @@ import {
   makeTempDir,
   manualClock,
   patternBytes,
+  rejectionOf,
   removeTempDirs,
   sha256,
   tmpFilesIn,
@@ -90,15 +91,6 @@ async function expectNothingPublished(key = KEY): Promise<void> {
   expect(await exists(`${payloadPath(key)}.manifest.json`)).toBe(false);
   expect(await exists(`${payloadPath(key)}.lock`)).toBe(false);
   expect(await tmpFilesIn(dirOf())).toEqual([]);
-}
-
-async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => {
-      throw new Error('expected a rejection, got a result');
-    },
-    (error: unknown) => error,
-  );
 }
 
 function nth(requests: RecordedRequest[], index: number): RecordedRequest {

@@ -2,7 +2,15 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { CacheManager, type HttpFetcherOptions, httpFetcher, ProxyError } from '../src/index.js';
-import { makeTempDir, patternBytes, removeTempDirs, sha256, tmpFilesIn, watchUncaught } from './helpers.js';
+import {
+  makeTempDir,
+  patternBytes,
+  rejectionOf,
+  removeTempDirs,
+  sha256,
+  tmpFilesIn,
+  watchUncaught,
+} from './helpers.js';
 import { clearProxyVariables, closeAllServers, servePayload, startServer } from './http-servers.js';
 import { hasTinyproxy, startTinyproxy, stopAllTinyproxies, VIA_NAME } from './tinyproxy.js';
 
@@ -35,15 +43,6 @@ afterEach(async () => {
 });
 
 const cache = () => new CacheManager({ sublayer: 'proxied', root, ttl: Number.POSITIVE_INFINITY });
-
-async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => {
-      throw new Error('expected a rejection, got a result');
-    },
-    (error: unknown) => error,
-  );
-}
 
 async function expectNothingPublished(): Promise<void> {
   const dir = path.join(root, 'proxied');
@@ -115,6 +114,23 @@ describe.skipIf(!hasTinyproxy)(
         await expectNothingPublished();
       });
     }
+
+    it('with mirrors, a URL the proxy will not tunnel to is left for the next one, which is forwarded', async () => {
+      const server = await payloadServer();
+      const proxy = await startTinyproxy();
+      process.env.http_proxy = proxy.origin;
+      const refused = 'https://127.0.0.1:8443/mirrored.bin';
+      const returned = await cache().getOrFetch(
+        KEY,
+        httpFetcher([refused, server.url('/mirrored.bin')], { ...quick, retries: 3 }),
+      );
+      expect(sha256(await fsp.readFile(returned))).toBe(sha256(payload));
+      expect(await proxy.requests()).toEqual([
+        'CONNECT 127.0.0.1:8443',
+        `GET ${server.url('/mirrored.bin')}`,
+      ]);
+      expect(server.requests[0]?.headers.via).toContain(VIA_NAME);
+    });
 
     it('a proxy that wants credentials: 407 is a ProxyError, asked once; with them in the URL it works', async () => {
       const server = await payloadServer();
