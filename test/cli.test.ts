@@ -535,6 +535,69 @@ describe('fetch', () => {
     expect(await exists(path.join(root, 'dl', 'x.bin'))).toBe(false);
   });
 
+  it("several URLs: past a refused one and a 503, the third is stored under the first URL's key", async () => {
+    const closed = await startServer(() => {});
+    await closed.close();
+    const busy = await startServer((_req, res) => {
+      res.writeHead(503).end();
+    });
+    const mirror = await startServer((req, res) => servePayload(req, res, payload, { etag: '"m"' }));
+    const urls = [closed.url('/files/data.bin'), busy.url('/busy/other.bin'), mirror.url('/mirror/copy.bin')];
+    const { code, stdout, stderr } = await run([
+      'fetch',
+      ...urls,
+      '--sublayer',
+      'dl',
+      '--retries',
+      '0',
+      '--root',
+      root,
+    ]);
+    expect(code).toBe(0);
+    const expectedPath = path.join(root, 'dl', 'data.bin');
+    expect(stdout).toBe(`${expectedPath}\n`);
+    expect(sha256(await fsp.readFile(expectedPath))).toBe(sha256(payload));
+    expect(busy.requests).toHaveLength(1);
+    expect(mirror.requests.map((request) => request.url)).toEqual(['/mirror/copy.bin']);
+    expect(stderr).toContain('data.bin: downloaded 4.0 MiB in');
+  });
+
+  it('when every URL fails: one line with what each answered, exit 1, nothing cached', async () => {
+    const closed = await startServer(() => {});
+    await closed.close();
+    const missing = await startServer((_req, res) => {
+      res.writeHead(404).end();
+    });
+    const urls = [closed.url('/a.bin'), missing.url('/b.bin')];
+    const { code, stdout, stderr } = await run([
+      'fetch',
+      ...urls,
+      '--sublayer',
+      'dl',
+      '--retries',
+      '0',
+      '--root',
+      root,
+    ]);
+    expect(code).toBe(1);
+    expect(stdout).toBe('');
+    expect(lines(stderr)).toEqual([
+      `payload-cache fetch: all 2 URLs failed: ${urls[0]} (ECONNREFUSED), ${urls[1]} (HTTP 404) [ERR_ALL_MIRRORS_FAILED]`,
+    ]);
+    expect(await exists(path.join(root, 'dl', 'a.bin'))).toBe(false);
+  });
+
+  it('usage errors: no URL, and a bad one among several: exit 2', async () => {
+    const none = await run(['fetch', '--sublayer', 'dl', '--root', root]);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain('missing <url>');
+    const ftp = await run(['fetch', 'http://127.0.0.1:9/a.bin', 'ftp://127.0.0.1/a.bin', '--sublayer', 'dl']);
+    expect(ftp.code).toBe(2);
+    expect(ftp.stderr).toContain('only http and https');
+    const help = await run(['fetch', '--help']);
+    expect(help.stdout).toContain('Usage: payload-cache fetch <url> [<url>...] --sublayer S');
+  });
+
   it('usage errors: no --sublayer, no key in the URL, not http(s): exit 2', async () => {
     const noSublayer = await run(['fetch', 'http://127.0.0.1:9/a.bin', '--root', root]);
     expect(noSublayer.code).toBe(2);
