@@ -12,7 +12,13 @@ import {
   watchUncaught,
 } from './helpers.js';
 import { clearProxyVariables, closeAllServers, servePayload, startServer } from './http-servers.js';
-import { hasTinyproxy, startTinyproxy, stopAllTinyproxies, VIA_NAME } from './tinyproxy.js';
+import {
+  acceptsConnections,
+  hasTinyproxy,
+  startTinyproxy,
+  stopAllTinyproxies,
+  VIA_NAME,
+} from './tinyproxy.js';
 
 // httpFetcher behind a real tinyproxy set up as proxies ship: CONNECT to port 443 only. undici's ProxyAgent
 // tunnelled every request, so an http:// download failed there with "AbortError: Proxy response (403)".
@@ -114,6 +120,19 @@ describe.skipIf(!hasTinyproxy)(
         await expectNothingPublished();
       });
     }
+
+    it("a tunnel the proxy cannot complete (500) is retried like a server's 500, then a ProxyError 500", async (context) => {
+      // tinyproxy answers CONNECT with 500 when the target does not accept: port 443 here must be closed.
+      if (await acceptsConnections(443)) context.skip('something listens on 127.0.0.1:443');
+      const proxy = await startTinyproxy();
+      process.env.HTTPS_PROXY = proxy.origin;
+      const error = await rejectionOf(
+        cache().getOrFetch(KEY, httpFetcher('https://127.0.0.1/unreachable.bin', { ...quick, retries: 2 })),
+      );
+      expect(error).toBeInstanceOf(ProxyError);
+      expect(error).toMatchObject({ status: 500, proxy: proxy.origin });
+      expect(await proxy.requests()).toEqual(Array(3).fill('CONNECT 127.0.0.1:443'));
+    });
 
     it('with mirrors, a URL the proxy will not tunnel to is left for the next one, which is forwarded', async () => {
       const server = await payloadServer();

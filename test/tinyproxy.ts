@@ -133,13 +133,14 @@ async function listens(port: number, logPath: string, exited: Promise<void>): Pr
   const deadline = Date.now() + 20_000;
   while (!gone && Date.now() < deadline) {
     const log = await fsp.readFile(logPath, 'utf8').catch(() => '');
-    if (log.includes('Accepting connections') && (await connects(port))) return true;
+    if (log.includes('Accepting connections') && (await acceptsConnections(port))) return true;
     await delay(20);
   }
   return false;
 }
 
-function connects(port: number): Promise<boolean> {
+/** Whether something on 127.0.0.1 accepts a connection on `port`. */
+export function acceptsConnections(port: number): Promise<boolean> {
   return new Promise((resolve) => {
     const socket = net.connect(port, '127.0.0.1');
     socket.once('connect', () => {
