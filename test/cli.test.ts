@@ -15,7 +15,7 @@ import {
   type Terminal,
 } from './cli-helpers.js';
 import { exists, makeTempDir, patternBytes, removeTempDirs, sha256 } from './helpers.js';
-import { closeAllServers, servePayload, startServer } from './http-servers.js';
+import { closeAllServers, closedPortUrl, servePayload, startServer } from './http-servers.js';
 
 const COMMANDS = ['ls', 'info', 'verify', 'prune', 'clear', 'fetch'];
 const MiB = 1024 * 1024;
@@ -435,6 +435,8 @@ describe('clear', () => {
 
 describe('fetch', () => {
   const payload = patternBytes(4 * MiB, 7);
+  const fetchWithoutRetries = (urls: string[]) =>
+    run(['fetch', ...urls, '--sublayer', 'dl', '--retries', '0', '--root', root]);
 
   it('downloads with plain progress lines, prints the path, and the entry is in the cache', async () => {
     const server = await startServer((req, res) => servePayload(req, res, payload, { etag: '"v1"' }));
@@ -536,23 +538,16 @@ describe('fetch', () => {
   });
 
   it("several URLs: past a refused one and a 503, the third is stored under the first URL's key", async () => {
-    const closed = await startServer(() => {});
-    await closed.close();
     const busy = await startServer((_req, res) => {
       res.writeHead(503).end();
     });
     const mirror = await startServer((req, res) => servePayload(req, res, payload, { etag: '"m"' }));
-    const urls = [closed.url('/files/data.bin'), busy.url('/busy/other.bin'), mirror.url('/mirror/copy.bin')];
-    const { code, stdout, stderr } = await run([
-      'fetch',
-      ...urls,
-      '--sublayer',
-      'dl',
-      '--retries',
-      '0',
-      '--root',
-      root,
-    ]);
+    const urls = [
+      await closedPortUrl('/files/data.bin'),
+      busy.url('/busy/other.bin'),
+      mirror.url('/mirror/copy.bin'),
+    ];
+    const { code, stdout, stderr } = await fetchWithoutRetries(urls);
     expect(code).toBe(0);
     const expectedPath = path.join(root, 'dl', 'data.bin');
     expect(stdout).toBe(`${expectedPath}\n`);
@@ -563,22 +558,11 @@ describe('fetch', () => {
   });
 
   it('when every URL fails: one line with what each answered, exit 1, nothing cached', async () => {
-    const closed = await startServer(() => {});
-    await closed.close();
     const missing = await startServer((_req, res) => {
       res.writeHead(404).end();
     });
-    const urls = [closed.url('/a.bin'), missing.url('/b.bin')];
-    const { code, stdout, stderr } = await run([
-      'fetch',
-      ...urls,
-      '--sublayer',
-      'dl',
-      '--retries',
-      '0',
-      '--root',
-      root,
-    ]);
+    const urls = [await closedPortUrl('/a.bin'), missing.url('/b.bin')];
+    const { code, stdout, stderr } = await fetchWithoutRetries(urls);
     expect(code).toBe(1);
     expect(stdout).toBe('');
     expect(lines(stderr)).toEqual([

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as delay } from 'node:timers/promises';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import {
   BulkPayloadCorruptError,
   CacheManager,
@@ -21,15 +21,12 @@ import {
   manualClock,
   patternBytes,
   rejectionOf,
-  removeTempDirs,
   sha256,
   tmpFilesIn,
-  watchUncaught,
 } from './helpers.js';
 import {
-  clearProxyVariables,
-  closeAllServers,
   drained,
+  isolateHttpTests,
   type RecordedRequest,
   requestedStart,
   servePayload,
@@ -45,25 +42,11 @@ const MiB = 1024 * 1024;
 const quick: HttpFetcherOptions = { retryDelayMs: 5, maxRetryDelayMs: 50 };
 let root: string;
 let clock: ReturnType<typeof manualClock>;
-let restoreProxyVariables: () => void;
-/** Exceptions nobody caught while a test ran (an 'error' event without listener, for one): each fails it. */
-let uncaught: ReturnType<typeof watchUncaught>;
 
+isolateHttpTests();
 beforeEach(async () => {
-  uncaught = watchUncaught();
   root = await makeTempDir();
   clock = manualClock();
-  restoreProxyVariables = clearProxyVariables();
-});
-
-afterEach(async () => {
-  try {
-    expect(await uncaught.stop(), 'uncaught exceptions during the test').toEqual([]);
-  } finally {
-    await closeAllServers();
-    restoreProxyVariables();
-    await removeTempDirs();
-  }
 });
 
 function cacheWith(options: Partial<CacheManagerOptions> = {}): CacheManager {

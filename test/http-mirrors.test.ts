@@ -1,7 +1,7 @@
 import diagnosticsChannel from 'node:diagnostics_channel';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import {
   BulkPayloadCorruptError,
   CacheManager,
@@ -11,18 +11,10 @@ import {
   httpFetcher,
   MirrorsFailedError,
 } from '../src/index.js';
+import { makeTempDir, patternBytes, rejectionOf, sha256, tmpFilesIn } from './helpers.js';
 import {
-  makeTempDir,
-  patternBytes,
-  rejectionOf,
-  removeTempDirs,
-  sha256,
-  tmpFilesIn,
-  watchUncaught,
-} from './helpers.js';
-import {
-  clearProxyVariables,
-  closeAllServers,
+  closedPortUrl,
+  isolateHttpTests,
   requestedStart,
   servePayload,
   startServer,
@@ -38,8 +30,6 @@ const payload = patternBytes(400_000, 41);
 const wrongBytes = patternBytes(payload.length, 42);
 
 let root: string;
-let restoreProxyVariables: () => void;
-let uncaught: ReturnType<typeof watchUncaught>;
 /** Every request the fetcher started, in order, as `origin + path`: refused connections included. */
 let attempts: string[];
 const recordAttempt = (message: unknown) => {
@@ -47,23 +37,13 @@ const recordAttempt = (message: unknown) => {
   attempts.push(`${new URL(String(request.origin)).origin}${request.path}`);
 };
 
+isolateHttpTests(async () => {
+  diagnosticsChannel.unsubscribe('undici:request:create', recordAttempt);
+});
 beforeEach(async () => {
-  uncaught = watchUncaught();
   root = await makeTempDir('payload-cache-mirrors-');
-  restoreProxyVariables = clearProxyVariables();
   attempts = [];
   diagnosticsChannel.subscribe('undici:request:create', recordAttempt);
-});
-
-afterEach(async () => {
-  diagnosticsChannel.unsubscribe('undici:request:create', recordAttempt);
-  try {
-    expect(await uncaught.stop(), 'uncaught exceptions during the test').toEqual([]);
-  } finally {
-    await closeAllServers();
-    restoreProxyVariables();
-    await removeTempDirs();
-  }
 });
 
 const cache = () => new CacheManager({ sublayer: 'mirrored', root, ttl: Number.POSITIVE_INFINITY });
@@ -78,13 +58,6 @@ async function expectCached(returned: string): Promise<void> {
 async function expectNothingPublished(): Promise<void> {
   expect(await fsp.readdir(dir()).catch(() => [])).not.toContain(KEY);
   expect(await tmpFilesIn(dir())).toEqual([]);
-}
-
-/** A URL on a port that was just closed: connecting to it is refused. */
-async function refusingUrl(pathname: string): Promise<string> {
-  const server = await startServer(() => {});
-  await server.close();
-  return server.url(pathname);
 }
 
 const answering = (status: number) =>
@@ -102,7 +75,7 @@ const pathsOf = (server: TestServer) => server.requests.map((request) => request
 
 describe('trying the URLs in turn', () => {
   it('past a refused connection, a 503, a wrong sha256 and a short body: the good URL is stored, in that order', async () => {
-    const refused = await refusingUrl('/a/refused.bin');
+    const refused = await closedPortUrl('/a/refused.bin');
     const unavailable = await answering(503);
     const wrong = await serving(wrongBytes);
     const short = await cutShort(100_000);
@@ -276,7 +249,7 @@ describe('a URL that failed is tried last for the rest of the process', () => {
 
 describe('when every URL fails', () => {
   it('MirrorsFailedError lists what each URL answered, without credentials or query strings', async () => {
-    const refused = await refusingUrl('/h/refused.bin');
+    const refused = await closedPortUrl('/h/refused.bin');
     const unavailable = await answering(503);
     const missing = await answering(404);
     const wrong = await serving(wrongBytes);

@@ -1,17 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { CacheManager, type HttpFetcherOptions, httpFetcher, ProxyError } from '../src/index.js';
-import {
-  makeTempDir,
-  patternBytes,
-  rejectionOf,
-  removeTempDirs,
-  sha256,
-  tmpFilesIn,
-  watchUncaught,
-} from './helpers.js';
-import { clearProxyVariables, closeAllServers, servePayload, startServer } from './http-servers.js';
+import { makeTempDir, patternBytes, rejectionOf, sha256, tmpFilesIn } from './helpers.js';
+import { isolateHttpTests, servePayload, startServer } from './http-servers.js';
 import {
   acceptsConnections,
   hasTinyproxy,
@@ -28,24 +20,10 @@ const quick: HttpFetcherOptions = { retryDelayMs: 5, maxRetryDelayMs: 50 };
 const payload = patternBytes(300_000, 31);
 
 let root: string;
-let restoreProxyVariables: () => void;
-let uncaught: ReturnType<typeof watchUncaught>;
 
+isolateHttpTests(stopAllTinyproxies);
 beforeEach(async () => {
-  uncaught = watchUncaught();
   root = await makeTempDir('payload-cache-proxy-');
-  restoreProxyVariables = clearProxyVariables();
-});
-
-afterEach(async () => {
-  try {
-    expect(await uncaught.stop(), 'uncaught exceptions during the test').toEqual([]);
-  } finally {
-    await stopAllTinyproxies();
-    await closeAllServers();
-    restoreProxyVariables();
-    await removeTempDirs();
-  }
 });
 
 const cache = () => new CacheManager({ sublayer: 'proxied', root, ttl: Number.POSITIVE_INFINITY });

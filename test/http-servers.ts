@@ -1,6 +1,8 @@
 import http from 'node:http';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { afterEach, beforeEach, expect } from 'vitest';
+import { removeTempDirs, watchUncaught } from './helpers.js';
 
 /**
  * Real loopback HTTP servers for the httpFetcher tests: each records every request it receives (method,
@@ -148,7 +150,7 @@ export async function startProxy(): Promise<TestServer> {
 const PROXY_VARIABLES = ['HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'http_proxy', 'https_proxy', 'no_proxy'];
 
 /** Clears the proxy variables for a test; the function returned puts back what was there. */
-export function clearProxyVariables(): () => void {
+function clearProxyVariables(): () => void {
   const saved = new Map(PROXY_VARIABLES.map((name) => [name, process.env[name]]));
   for (const name of PROXY_VARIABLES) delete process.env[name];
   return () => {
@@ -157,6 +159,37 @@ export function clearProxyVariables(): () => void {
       else process.env[name] = value;
     }
   };
+}
+
+/**
+ * Registers, for every test of the file: the proxy variables cleared; afterwards `cleanUp`, every server
+ * closed, the variables put back, the tmp dirs removed, and the test failed if an exception went uncaught
+ * (an 'error' event without a listener, for one).
+ */
+export function isolateHttpTests(cleanUp: () => Promise<void> = async () => {}): void {
+  let uncaught: ReturnType<typeof watchUncaught>;
+  let restoreProxyVariables: () => void;
+  beforeEach(() => {
+    uncaught = watchUncaught();
+    restoreProxyVariables = clearProxyVariables();
+  });
+  afterEach(async () => {
+    try {
+      expect(await uncaught.stop(), 'uncaught exceptions during the test').toEqual([]);
+    } finally {
+      await cleanUp();
+      await closeAllServers();
+      restoreProxyVariables();
+      await removeTempDirs();
+    }
+  });
+}
+
+/** A URL on a port that was just closed: connecting to it is refused. */
+export async function closedPortUrl(pathname: string): Promise<string> {
+  const server = await startServer(() => {});
+  await server.close();
+  return server.url(pathname);
 }
 
 /** The first byte asked for by `Range: bytes=N-`, or `undefined` when there is no such header. */
