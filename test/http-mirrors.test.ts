@@ -136,9 +136,15 @@ describe('trying the URLs in turn', () => {
 });
 
 describe('resuming stays on the URL that sent the bytes', () => {
-  it('a connection broken mid-body on a server with ranges is resumed there (Range + If-Range), not on the next URL', async () => {
+  // The servers close the connection cleanly (FIN) mid-body: every byte sent arrives, so the offset of the
+  // resume is exact (a reset could drop bytes the client had not read yet).
+  it('a connection closed mid-body by a server with ranges is resumed there (Range + If-Range), not on the next URL', async () => {
     const breaking = await startServer((req, res, index) =>
-      servePayload(req, res, payload, { etag: '"r1"', breakAt: index === 0 ? 150_000 : undefined }),
+      servePayload(req, res, payload, {
+        etag: '"r1"',
+        breakAt: index === 0 ? 150_000 : undefined,
+        breakWith: 'end',
+      }),
     );
     const other = await serving(payload);
     const returned = await cache().getOrFetch(
@@ -146,16 +152,18 @@ describe('resuming stays on the URL that sent the bytes', () => {
       httpFetcher([breaking.url('/d/file.bin'), other.url('/d/file.bin')], quick),
     );
     await expectCached(returned);
-    expect(breaking.requests).toHaveLength(2);
-    const resumedAt = requestedStart(breaking.requests[1] as TestServer['requests'][number]);
-    expect(resumedAt).toBeGreaterThan(0);
+    expect(breaking.requests.map((request) => request.headers.range)).toEqual([undefined, 'bytes=150000-']);
     expect(breaking.requests[1]?.headers['if-range']).toBe('"r1"');
     expect(other.requests).toHaveLength(0);
   });
 
   it('once the resumes are spent, the next URL starts from byte 0 and the bytes are not spliced', async () => {
     const alwaysBreaking = await startServer((req, res) =>
-      servePayload(req, res, payload, { etag: '"r2"', breakAt: (requestedStart(req) ?? 0) + 100_000 }),
+      servePayload(req, res, payload, {
+        etag: '"r2"',
+        breakAt: (requestedStart(req) ?? 0) + 100_000,
+        breakWith: 'end',
+      }),
     );
     const good = await serving(payload);
     const returned = await cache().getOrFetch(
@@ -163,8 +171,8 @@ describe('resuming stays on the URL that sent the bytes', () => {
       httpFetcher([alwaysBreaking.url('/e/file.bin'), good.url('/e/file.bin')], { ...quick, retries: 1 }),
     );
     await expectCached(returned);
-    expect(alwaysBreaking.requests).toHaveLength(2);
-    expect(requestedStart(alwaysBreaking.requests[1] as TestServer['requests'][number])).toBeGreaterThan(0);
+    const ranges = alwaysBreaking.requests.map((request) => request.headers.range);
+    expect(ranges).toEqual([undefined, 'bytes=100000-']);
     expect(good.requests.map((request) => request.headers.range)).toEqual([undefined]);
     expect(good.requests[0]?.headers['if-range']).toBeUndefined();
   });

@@ -27,8 +27,12 @@ export interface Tinyproxy {
   readonly port: number;
   /** `http://127.0.0.1:<port>`. */
   readonly origin: string;
-  /** The request lines it logged, in order: `GET http://127.0.0.1:8080/file`, `CONNECT 127.0.0.1:8443`. */
-  requests(): Promise<string[]>;
+  /**
+   * The request lines it logged, in order (`GET http://127.0.0.1:8080/file`, `CONNECT 127.0.0.1:8443`), once
+   * there are `atLeast` of them or 10 s have passed: tinyproxy logs a request before it answers, but the
+   * test need not rely on that.
+   */
+  requests(atLeast: number): Promise<string[]>;
   /** How many tunnels it refused (`CONNECT` to a port other than 443). */
   refusedConnects(): Promise<number>;
   stop(): Promise<void>;
@@ -88,12 +92,16 @@ function track(child: ChildProcess, exited: Promise<void>, port: number, logPath
   const proxy: Tinyproxy = {
     port,
     origin: `http://127.0.0.1:${port}`,
-    async requests() {
-      const lines = (await log()).split('\n');
-      return lines.flatMap((line) => {
-        const match = /Request \(file descriptor \d+\): (\S+ \S+) HTTP\/1\.[01]$/.exec(line);
-        return match ? [match[1] as string] : [];
-      });
+    async requests(atLeast) {
+      const deadline = Date.now() + 10_000;
+      for (;;) {
+        const lines = (await log()).split('\n').flatMap((line) => {
+          const match = /Request \(file descriptor \d+\): (\S+ \S+) HTTP\/1\.[01]$/.exec(line);
+          return match ? [match[1] as string] : [];
+        });
+        if (lines.length >= atLeast || Date.now() > deadline) return lines;
+        await delay(20);
+      }
     },
     async refusedConnects() {
       return (await log()).split('\n').filter((line) => line.includes('Refused CONNECT method')).length;
