@@ -7,10 +7,8 @@ import { BulkPayloadCorruptError, PayloadCacheError } from './errors.js';
 import { describeUrl, HttpStatusError, ProxyError } from './http-errors.js';
 import type { Settings } from './http-fetcher.js';
 import type { Mirror } from './mirrors.js';
-import { type EnvironmentDispatcher, proxyRefusal } from './proxy.js';
+import { proxyRefusal, type Route } from './proxy.js';
 import type { FetchContext } from './types.js';
-
-/** One URL's download for httpFetcher: its requests, redirects, retries, resumes and the body it streams. */
 
 const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
 const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
@@ -22,7 +20,7 @@ export class Download {
   readonly mirror: Mirror;
   readonly #settings: Settings;
   readonly #ctx: FetchContext;
-  readonly #route: EnvironmentDispatcher;
+  readonly #route: Route;
   #retriesLeft: number;
   #failures = 0;
   #current: Response | undefined;
@@ -36,7 +34,7 @@ export class Download {
   etag: string | undefined;
   lastModified: string | undefined;
 
-  constructor(mirror: Mirror, settings: Settings, ctx: FetchContext, route: EnvironmentDispatcher) {
+  constructor(mirror: Mirror, settings: Settings, ctx: FetchContext, route: Route) {
     this.mirror = mirror;
     this.#resolvedUrl = mirror.url;
     this.#settings = settings;

@@ -10,7 +10,7 @@ import {
   rememberFailure,
   tryOrder,
 } from './mirrors.js';
-import { type EnvironmentDispatcher, environmentDispatcher } from './proxy.js';
+import { callerRoute, environmentRoute, type Route } from './proxy.js';
 import {
   type FetchContext,
   type FetchedBody,
@@ -138,7 +138,7 @@ class MirroredFetch {
   readonly #waiting: Mirror[];
   readonly #settings: Settings;
   readonly #ctx: FetchContext;
-  readonly #route: EnvironmentDispatcher;
+  readonly #route: Route;
   readonly #failures: MirrorFailure[] = [];
   #download: Download | undefined;
 
@@ -149,8 +149,8 @@ class MirroredFetch {
     this.#ctx = ctx;
     // One dispatcher for all the URLs of this fetch: it keeps a pool per origin.
     this.#route = settings.dispatcher
-      ? { dispatcher: settings.dispatcher, proxyFor: () => undefined }
-      : environmentDispatcher(settings.timeoutMs);
+      ? callerRoute(settings.dispatcher)
+      : environmentRoute(settings.timeoutMs);
   }
 
   async fetch(): Promise<FetchResult> {

@@ -1,11 +1,16 @@
 import { type Dispatcher, EnvHttpProxyAgent } from 'undici';
 import { describeUrl, ProxyError } from './http-errors.js';
 
-/** The dispatcher httpFetcher uses when the caller gives none, and which proxy it sends a URL through. */
-export interface EnvironmentDispatcher {
+/** The dispatcher a fetch sends its requests through, and the proxy it uses for a URL. */
+export interface Route {
   readonly dispatcher: Dispatcher;
   /** The proxy's origin (without credentials) for a URL that goes through one, for error messages. */
   proxyFor(url: URL): string | undefined;
+}
+
+/** The caller's own dispatcher: which proxy it uses, if any, is its own business. */
+export function callerRoute(dispatcher: Dispatcher): Route {
+  return { dispatcher, proxyFor: () => undefined };
 }
 
 /**
@@ -17,7 +22,7 @@ export interface EnvironmentDispatcher {
  * and only `https://` is tunnelled with `CONNECT`. undici tunnels everything by default, and proxies set up
  * as Squid and tinyproxy ship refuse `CONNECT` to any port but 443: every `http://` download failed there.
  */
-export function environmentDispatcher(timeoutMs: number): EnvironmentDispatcher {
+export function environmentRoute(timeoutMs: number): Route {
   const env = process.env;
   const httpProxy = (env.http_proxy ?? env.HTTP_PROXY) || undefined;
   const httpsProxy = (env.https_proxy ?? env.HTTPS_PROXY) || httpProxy;
