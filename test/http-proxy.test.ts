@@ -152,5 +152,17 @@ describe.skipIf(!hasTinyproxy)(
       // The proxy's credentials are for the proxy: they never reach the server.
       expect(server.requests[0]?.headers['proxy-authorization']).toBeUndefined();
     });
+
+    it('a tunnel refused for want of credentials (407 to CONNECT) is a ProxyError, asked once', async () => {
+      const proxy = await startTinyproxy(['BasicAuth downloader s3cret']);
+      process.env.https_proxy = proxy.origin;
+      const error = await rejectionOf(
+        cache().getOrFetch(KEY, httpFetcher('https://127.0.0.1/guarded.bin', { ...quick, retries: 3 })),
+      );
+      expect(error).toBeInstanceOf(ProxyError);
+      expect(error).toMatchObject({ code: 'ERR_PROXY', status: 407, proxy: proxy.origin });
+      expect((error as Error).message).toMatch(/CONNECT.*credentials/);
+      await expectLogged(proxy, ['CONNECT 127.0.0.1:443']);
+    });
   },
 );
