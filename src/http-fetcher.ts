@@ -1,9 +1,23 @@
-import { pipeline } from 'node:stream';
-import { createBrotliDecompress, createGunzip, createInflate } from 'node:zlib';
-import { type Dispatcher, EnvHttpProxyAgent, request } from 'undici';
-import { sleep } from './abort.js';
-import { BulkPayloadCorruptError, InvalidOptionsError, PayloadCacheError } from './errors.js';
-import { type FetchContext, type FetchedBody, type FetchFn, NOT_MODIFIED } from './types.js';
+import type { Dispatcher } from 'undici';
+import { InvalidOptionsError } from './errors.js';
+import { CallerError, Download, type Response } from './http-download.js';
+import { type MirrorFailure, MirrorsFailedError, mirrorFailure } from './http-errors.js';
+import {
+  forgetFailure,
+  type HttpSource,
+  type Mirror,
+  parseMirrors,
+  rememberFailure,
+  tryOrder,
+} from './mirrors.js';
+import { callerRoute, environmentRoute, type Route } from './proxy.js';
+import {
+  type FetchContext,
+  type FetchedBody,
+  type FetchFn,
+  type FetchResult,
+  NOT_MODIFIED,
+} from './types.js';
 
 /** What `onProgress` receives after each chunk. */
 export interface HttpProgress {
@@ -16,16 +30,20 @@ export interface HttpProgress {
 /** Options of {@link httpFetcher}. */
 export interface HttpFetcherOptions {
   /**
-   * Extra request headers (e.g. authorization, an API key). Never echoed in error messages. All of them are
-   * dropped when a redirect leaves the origin (any of them may be a credential), unless
+   * Extra request headers (e.g. authorization, an API key), sent to the first URL's origin only: not to a
+   * mirror elsewhere (give it its own with `{ url, headers }`). Never echoed in error messages. All of them
+   * are dropped when a redirect leaves the origin (any of them may be a credential), unless
    * `keepHeadersAcrossOrigins` is set; `authorization`, `cookie` and `proxy-authorization` are dropped even then.
    */
   headers?: Record<string, string>;
   /** Send `headers` (but never the three credential headers) to the origin a redirect leads to. Default false. */
   keepHeadersAcrossOrigins?: boolean;
-  /** An undici Dispatcher (Agent, ProxyAgent, MockAgent...). Default: a fresh `EnvHttpProxyAgent` per download. */
+  /**
+   * An undici Dispatcher (Agent, ProxyAgent, MockAgent...). Default: a fresh `EnvHttpProxyAgent` per download
+   * that forwards `http://` URLs through an `http://` proxy and tunnels only `https://` (as curl does).
+   */
   dispatcher?: Dispatcher;
-  /** Failed requests and broken bodies retried (resumes included). Default 3. */
+  /** Failed requests and broken bodies retried (resumes included), for each URL. Default 3. */
   retries?: number;
   /** First backoff delay; doubles on each retry, with jitter. Default 1,000 ms. */
   retryDelayMs?: number;
@@ -38,8 +56,8 @@ export interface HttpFetcherOptions {
   /** Called for each chunk received. Default: none. */
   onProgress?: (progress: HttpProgress) => void;
   /**
-   * The payload's expected sha256 (64 hex digits); a different digest is refused (`ERR_PAYLOAD_CORRUPT`,
-   * `hash-mismatch`). Default: none.
+   * The payload's expected sha256 (64 hex digits), checked as the body streams: a different digest is
+   * refused (`ERR_PAYLOAD_CORRUPT`, `hash-mismatch`), and the next URL, if any, is tried. Default: none.
    */
   expectedSha256?: string;
   /**
@@ -49,25 +67,6 @@ export interface HttpFetcherOptions {
   maxBytes?: number;
 }
 
-/**
- * The server answered with a status that is not success and is not worth retrying, retries ran out, or the
- * redirects looped, went past `maxRedirections` or left http(s).
- */
-export class HttpStatusError extends PayloadCacheError {
-  /** The HTTP status of the last response (a 3xx when following redirects failed). */
-  readonly status: number;
-  /** The URL's origin and path: credentials and query string (often a token) are left out. */
-  readonly url: string;
-
-  constructor(status: number, url: URL, detail = '') {
-    super('ERR_HTTP_STATUS', `HTTP ${status} from ${describeUrl(url)}${detail ? `: ${detail}` : ''}`);
-    this.status = status;
-    this.url = describeUrl(url);
-  }
-}
-
-const RETRYABLE_STATUS = new Set([408, 429, 500, 502, 503, 504]);
-const REDIRECT_STATUS = new Set([301, 302, 303, 307, 308]);
 /** @internal The documented defaults of {@link HttpFetcherOptions} (a test holds the README to them). */
 export const HTTP_FETCHER_DEFAULTS = {
   retries: 3,
@@ -82,33 +81,28 @@ export const HTTP_FETCHER_DEFAULTS = {
  * A fetcher for `getOrFetch` that downloads `url` with undici: streamed (constant memory), retried with
  * backoff on network errors, timeouts and 408/429/5xx (honouring `Retry-After`), resumed with `Range` +
  * `If-Range` when the server supports it, and revalidated with `If-None-Match`/`If-Modified-Since` when the
- * cached entry has expired (a `304` renews it without a download). Proxies come from `HTTP_PROXY`,
- * `HTTPS_PROXY` and `NO_PROXY` unless a `dispatcher` is given.
+ * cached entry has expired (a `304` renews it without a download). Proxies come from `http_proxy`,
+ * `https_proxy` and `no_proxy` (either case) unless a `dispatcher` is given; a proxy's refusal is a
+ * {@link ProxyError}.
+ *
+ * Given several URLs (mirrors of one payload), it tries them in turn: the next one after a URL fails for
+ * good (its retries spent, a status such as 404, a body whose size or sha256 is wrong, a proxy's refusal),
+ * starting the body over. URLs that failed in this process are tried last. When all fail, the error is a
+ * {@link MirrorsFailedError} listing what each answered. `headers` go to the first URL's origin only; a
+ * mirror gets its own as `{ url, headers }`.
  */
-export function httpFetcher(url: string | URL, options: HttpFetcherOptions = {}): FetchFn {
-  const target = parseUrl(url);
+export function httpFetcher(
+  url: HttpSource | readonly HttpSource[],
+  options: HttpFetcherOptions = {},
+): FetchFn {
   const settings = resolveHttpOptions(options);
-  return async (ctx) => {
-    const download = new Download(target, settings, ctx);
-    try {
-      const first = await download.open(0, true);
-      if (first.statusCode === 304) {
-        await download.close();
-        return NOT_MODIFIED;
-      }
-      return download.start(first);
-    } catch (error) {
-      await download.close();
-      throw error;
-    }
-  };
+  const mirrors = parseMirrors(url, options.headers);
+  return (ctx) => new MirroredFetch(mirrors, settings, ctx).fetch();
 }
 
-type Settings = typeof HTTP_FETCHER_DEFAULTS &
-  Pick<
-    HttpFetcherOptions,
-    'headers' | 'dispatcher' | 'onProgress' | 'expectedSha256' | 'keepHeadersAcrossOrigins'
-  >;
+/** @internal The options with their defaults filled in. */
+export type Settings = typeof HTTP_FETCHER_DEFAULTS &
+  Pick<HttpFetcherOptions, 'dispatcher' | 'onProgress' | 'expectedSha256' | 'keepHeadersAcrossOrigins'>;
 
 function resolveHttpOptions(options: HttpFetcherOptions): Settings {
   const settings = { ...HTTP_FETCHER_DEFAULTS, ...withoutUndefined(options) } as Settings;
@@ -130,309 +124,125 @@ function resolveHttpOptions(options: HttpFetcherOptions): Settings {
   return settings;
 }
 
-type Response = Dispatcher.ResponseData;
+function withoutUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
+}
 
-/** One download: its dispatcher, its retry budget, and the response being streamed. */
-class Download {
-  readonly #url: URL;
+/**
+ * One fetch across the URLs, in {@link tryOrder}: the download being read, the URLs left, and what each
+ * that failed answered. A URL is left for the next only for what a server, a proxy or the network did:
+ * never for an abort or for what the caller's own `onProgress` threw.
+ */
+class MirroredFetch {
+  readonly #listed: readonly Mirror[];
+  readonly #waiting: Mirror[];
   readonly #settings: Settings;
   readonly #ctx: FetchContext;
-  readonly #dispatcher: Dispatcher;
-  readonly #ownsDispatcher: boolean;
-  #retriesLeft: number;
-  #failures = 0;
-  #current: Response | undefined;
-  /** The first response allowed resuming: `Accept-Ranges: bytes`, no encoding, a strong validator. */
-  #canResume = false;
-  /** Last-Modified is a strong validator: at least a second older than the response's Date. */
-  #lastModifiedIsStrong = false;
-  /** The URL that answered last (after redirects), for messages. */
-  #resolvedUrl: URL;
-  totalBytes: number | undefined;
-  etag: string | undefined;
-  lastModified: string | undefined;
+  readonly #route: Route;
+  readonly #failures: MirrorFailure[] = [];
+  #download: Download | undefined;
 
-  constructor(url: URL, settings: Settings, ctx: FetchContext) {
-    this.#url = url;
-    this.#resolvedUrl = url;
+  constructor(mirrors: readonly Mirror[], settings: Settings, ctx: FetchContext) {
+    this.#listed = mirrors;
+    this.#waiting = tryOrder(mirrors);
     this.#settings = settings;
     this.#ctx = ctx;
-    this.#retriesLeft = settings.retries;
-    this.#ownsDispatcher = settings.dispatcher === undefined;
-    // undici's own connect timeout (10 s) would otherwise outlast a shorter timeoutMs.
-    this.#dispatcher =
-      settings.dispatcher ?? new EnvHttpProxyAgent({ connect: { timeout: settings.timeoutMs } });
+    // One dispatcher for all the URLs of this fetch: it keeps a pool per origin.
+    this.#route = settings.dispatcher
+      ? callerRoute(settings.dispatcher)
+      : environmentRoute(settings.timeoutMs);
   }
 
-  /**
-   * Sends the request (a range request from `offset` when it is > 0), following redirects and retrying
-   * retryable failures, and returns the first usable response: 2xx, or 304 for a conditional request.
-   */
-  async open(offset: number, conditional: boolean): Promise<Response> {
-    for (;;) {
-      let response: Response;
-      try {
-        response = await this.#follow(this.#requestHeaders(offset, conditional));
-      } catch (error) {
-        if (error instanceof PayloadCacheError || this.#ctx.signal.aborted) throw this.#abortReasonOr(error);
-        await this.#backoff(error, undefined);
-        continue;
+  async fetch(): Promise<FetchResult> {
+    try {
+      const first = await this.#openNext(true);
+      if (first.statusCode === 304) {
+        await this.#close();
+        return NOT_MODIFIED;
       }
-      const status = response.statusCode;
-      const revalidated = status === 304 && conditional && this.#ctx.previous !== undefined;
-      // Only a 200, or a 206 / 416 answering our range request, is about the representation itself: a 202's
-      // or a 204's body is not the resource and must never become its payload.
-      const usable = status === 200 || (offset > 0 && (status === 206 || status === 416)) || revalidated;
-      if (usable) {
-        this.#current = response;
-        return response;
-      }
-      await discard(response);
-      if (!RETRYABLE_STATUS.has(status)) {
-        const detail = status >= 200 && status < 300 ? 'a success status that carries no payload' : '';
-        throw new HttpStatusError(status, this.#resolvedUrl, detail);
-      }
-      await this.#backoff(new HttpStatusError(status, this.#resolvedUrl), retryAfterMs(response));
+      return this.#fetchedBody(first);
+    } catch (error) {
+      await this.#close();
+      throw error;
     }
   }
 
-  /** Turns the first response into the body handed to the cache, with facts that track restarts. */
-  start(first: Response): FetchedBody {
-    this.#adopt(first);
-    const download = this;
-    const body = new DownloadBody(this.#chunks(first), () => this.close());
+  /** The body handed to the cache, with facts that follow the URL being read. */
+  #fetchedBody(first: Response): FetchedBody {
+    const fetch = this;
     return {
-      body,
+      body: new DownloadBody(this.#chunks(first), () => this.#close()),
       get expectedSize() {
-        return download.totalBytes;
+        return fetch.#download?.totalBytes;
       },
       get etag() {
-        return download.etag;
+        return fetch.#download?.etag;
       },
       get lastModified() {
-        return download.lastModified;
+        return fetch.#download?.lastModified;
       },
       sha256: this.#settings.expectedSha256,
     };
   }
 
-  async close(): Promise<void> {
-    const body = this.#current?.body;
-    this.#current = undefined;
-    if (body && !body.destroyed) {
-      // undici reports destroying an unread body as an 'error' event; unheard, it would crash the process.
-      body.on('error', () => {});
-      body.destroy();
-    }
-    if (this.#ownsDispatcher) await this.#dispatcher.close().catch(() => {});
-  }
-
   async *#chunks(first: Response): AsyncGenerator<Uint8Array> {
     let response = first;
-    let received = 0;
-    const { maxBytes } = this.#settings;
     for (;;) {
+      const download = this.#download as Download;
       try {
-        for await (const chunk of decodedBody(response, this.#resolvedUrl)) {
-          received += (chunk as Buffer).byteLength;
-          if (received > maxBytes) throw this.#tooLarge(received);
-          this.#reportProgress(received);
-          yield chunk as Buffer;
-        }
-        // A body that ends short of the known size (a 206 for less than the rest, a connection closed
-        // cleanly too early) is a break like any other: resume it or fail as truncated.
-        if (this.totalBytes === undefined || received >= this.totalBytes) return;
-        throw new Error(`the body ended after ${received} of ${this.totalBytes} bytes`);
+        yield* download.chunks(response);
+        forgetFailure(download.mirror);
+        return;
       } catch (error) {
-        if (error instanceof CallerError) throw error.thrown;
-        if (error instanceof PayloadCacheError || this.#ctx.signal.aborted) throw this.#abortReasonOr(error);
-        response.body.destroy();
-        if (this.#retriesLeft === 0) throw this.#truncated(received, error);
-        await this.#backoff(error, undefined);
-        const next = await this.#resume(received);
-        if (next === COMPLETE) return;
-        response = next;
-        if (!this.#continues(response, received)) {
-          this.#ctx.resetBody();
-          received = 0;
-        }
-        this.#adopt(response);
+        await download.close();
+        this.#leave(download.mirror, error);
+        // Another server's copy starts over: its bytes are never spliced onto these.
+        this.#ctx.resetBody();
+        response = await this.#openNext(false);
       }
     }
   }
 
-  /** `onProgress` is the caller's code: what it throws ends the download as it is, never as a network break. */
-  #reportProgress(receivedBytes: number): void {
-    try {
-      this.#settings.onProgress?.({ receivedBytes, totalBytes: this.totalBytes });
-    } catch (thrown) {
-      throw new CallerError(thrown);
-    }
-  }
-
   /**
-   * Asks for the rest of a broken body, with `If-Range` and a strong validator only. What may continue the
-   * bytes received so far is a `206` of the same representation (`#continues`); a `200` is the whole payload
-   * again, and any other answer is dropped and the whole payload requested: partial data is never appended
-   * to bytes it does not follow. A `416` saying the representation is exactly as long as what we have means
-   * the body was complete (a chunked body that lost only its last chunk).
+   * Asks the URLs in turn until one answers with the payload (or, `conditional`, a 304), leaving each that
+   * fails; throws when none is left.
    */
-  async #resume(received: number): Promise<Response | typeof COMPLETE> {
-    if (received === 0 || !this.#canResume) return this.open(0, false);
-    const next = await this.open(received, false);
-    if (next.statusCode === 416) {
-      await discard(next);
-      const total = unsatisfiedRangeTotal(next);
-      const known = this.totalBytes === undefined || this.totalBytes === received;
-      if (total === received && known) return COMPLETE;
-      return this.open(0, false);
-    }
-    if (next.statusCode !== 206 || this.#continues(next, received)) return next;
-    await discard(next);
-    return this.open(0, false);
-  }
-
-  /**
-   * Whether a `206` continues exactly the bytes received: it starts at `received`, comes with the validator
-   * we asked for (a server that ignored `If-Range` may send another version's bytes) and gives the total we
-   * know. A range that stops short of the end is fine: when its body ends, the rest is asked for again.
-   */
-  #continues(response: Response, received: number): boolean {
-    if (response.statusCode !== 206) return false;
-    const range = contentRange(response);
-    if (!range || range.start !== received || range.end < range.start) return false;
-    const etag = header(response.headers, 'etag');
-    if (etag !== undefined && etag !== this.etag) return false;
-    const lastModified = header(response.headers, 'last-modified');
-    if (this.etag === undefined && lastModified !== undefined && lastModified !== this.lastModified)
-      return false;
-    const total = range.total ?? this.totalBytes;
-    if (this.totalBytes !== undefined && total !== this.totalBytes) return false;
-    return total === undefined || range.end < total;
-  }
-
-  /**
-   * The validator for `If-Range`, which must be strong (RFC 9110 13.1.5): a strong entity tag, or, when no
-   * entity tag is known at all, a Last-Modified at least a second older than the response's Date.
-   */
-  #resumeValidator(): string | undefined {
-    if (this.etag !== undefined) return this.etag.startsWith('W/') ? undefined : this.etag;
-    return this.#lastModifiedIsStrong ? this.lastModified : undefined;
-  }
-
-  #adopt(response: Response): void {
-    this.#current = response;
-    const headers = response.headers;
-    const encoded = contentEncoding(response) !== 'identity';
-    if (response.statusCode === 200) {
-      this.totalBytes = encoded ? undefined : totalBytesOf(response);
-      this.etag = header(headers, 'etag');
-      this.lastModified = header(headers, 'last-modified');
-      const date = Date.parse(header(headers, 'date') ?? '');
-      const modified = Date.parse(this.lastModified ?? '');
-      this.#lastModifiedIsStrong = date - modified >= 1_000;
-      const ranges = header(headers, 'accept-ranges')?.toLowerCase() === 'bytes';
-      this.#canResume = ranges && !encoded && this.#resumeValidator() !== undefined;
-    } else if (response.statusCode === 206) {
-      // A 206 never erases a total we know (`Content-Range: bytes a-b/*`).
-      this.totalBytes = contentRange(response)?.total ?? this.totalBytes;
-    }
-    if (this.totalBytes !== undefined && this.totalBytes > this.#settings.maxBytes)
-      throw this.#tooLarge(this.totalBytes);
-  }
-
-  async #follow(headers: Record<string, string>): Promise<Response> {
-    let url = this.#url;
-    const visited = new Set<string>();
-    for (let redirects = 0; ; redirects++) {
-      const response = await request(url, {
-        dispatcher: this.#dispatcher,
-        method: 'GET',
-        headers,
-        signal: this.#ctx.signal,
-        headersTimeout: this.#settings.timeoutMs,
-        bodyTimeout: this.#settings.timeoutMs,
-      });
-      this.#resolvedUrl = url;
-      const location = header(response.headers, 'location');
-      if (!REDIRECT_STATUS.has(response.statusCode) || location === undefined) return response;
-      await discard(response);
-      visited.add(url.href);
-      const next = new URL(location, url);
-      if (visited.has(next.href)) throw new HttpStatusError(response.statusCode, url, 'redirect loop');
-      if (redirects >= this.#settings.maxRedirections) {
-        throw new HttpStatusError(
-          response.statusCode,
-          url,
-          `more than ${this.#settings.maxRedirections} redirects`,
-        );
+  async #openNext(conditional: boolean): Promise<Response> {
+    for (;;) {
+      const mirror = this.#waiting.shift();
+      // #leave throws before the list runs out.
+      if (mirror === undefined) throw new MirrorsFailedError(this.#failures);
+      const download = new Download(mirror, this.#settings, this.#ctx, this.#route);
+      this.#download = download;
+      try {
+        const response = await download.begin(conditional);
+        if (response.statusCode === 304) forgetFailure(mirror);
+        return response;
+      } catch (error) {
+        await download.close();
+        this.#leave(mirror, error);
       }
-      if (next.protocol !== 'http:' && next.protocol !== 'https:') {
-        throw new HttpStatusError(
-          response.statusCode,
-          url,
-          `redirect to unsupported protocol ${next.protocol}`,
-        );
-      }
-      if (next.origin !== url.origin) headers = this.#headersForAnotherOrigin(headers);
-      url = next;
     }
   }
 
-  /** What may follow a redirect to another origin: the fetcher's own headers, and the caller's if allowed. */
-  #headersForAnotherOrigin(headers: Record<string, string>): Record<string, string> {
-    const callers = new Set(Object.keys(lowerCaseKeys(this.#settings.headers)));
-    return Object.fromEntries(
-      Object.entries(headers).filter(
-        ([name]) =>
-          !CREDENTIAL_HEADERS.has(name) &&
-          (this.#settings.keepHeadersAcrossOrigins === true || !callers.has(name)),
-      ),
-    );
+  /**
+   * Records that `mirror` failed with `error`, or rethrows: an abort and the caller's own errors end the
+   * fetch as they are, and so does the failure of the last URL (the error itself when only one was given,
+   * else a {@link MirrorsFailedError}).
+   */
+  #leave(mirror: Mirror, error: unknown): void {
+    if (error instanceof CallerError) throw error.thrown;
+    if (this.#ctx.signal.aborted) throw this.#ctx.signal.reason;
+    if (error instanceof InvalidOptionsError) throw error;
+    rememberFailure(mirror);
+    this.#failures.push(mirrorFailure(mirror.name, error));
+    if (this.#waiting.length > 0) return;
+    throw this.#listed.length === 1 ? error : new MirrorsFailedError(this.#failures);
   }
 
-  #requestHeaders(offset: number, conditional: boolean): Record<string, string> {
-    const headers: Record<string, string> = {
-      'accept-encoding': 'identity',
-      ...lowerCaseKeys(this.#settings.headers),
-    };
-    const previous = this.#ctx.previous?.manifest;
-    if (conditional && previous) {
-      if (previous.etag) headers['if-none-match'] = previous.etag;
-      if (previous.last_modified) headers['if-modified-since'] = previous.last_modified;
-    }
-    if (offset > 0) {
-      headers.range = `bytes=${offset}-`;
-      const validator = this.#resumeValidator();
-      if (validator) headers['if-range'] = validator;
-    }
-    return headers;
-  }
-
-  /** Spends one retry (or rethrows when none is left) and waits the backoff or the server's `Retry-After`. */
-  async #backoff(error: unknown, retryAfter: number | undefined): Promise<void> {
-    if (this.#retriesLeft === 0) throw error;
-    this.#retriesLeft -= 1;
-    this.#failures += 1;
-    const { retryDelayMs, maxRetryDelayMs } = this.#settings;
-    const exponential = Math.min(maxRetryDelayMs, retryDelayMs * 2 ** (this.#failures - 1));
-    const delayMs = retryAfter ?? exponential * (0.5 + Math.random() * 0.5);
-    await sleep(Math.min(delayMs, maxRetryDelayMs), this.#ctx.signal);
-  }
-
-  #abortReasonOr(error: unknown): unknown {
-    return this.#ctx.signal.aborted ? this.#ctx.signal.reason : error;
-  }
-
-  #truncated(received: number, cause: unknown): unknown {
-    if (this.totalBytes === undefined) return cause;
-    const detail = `received ${received} of ${this.totalBytes} bytes from ${describeUrl(this.#resolvedUrl)}`;
-    return new BulkPayloadCorruptError(this.#ctx.key, 'truncated', detail, { cause });
-  }
-
-  #tooLarge(bytes: number): BulkPayloadCorruptError {
-    const detail = `${bytes} bytes exceed maxBytes ${this.#settings.maxBytes}`;
-    return new BulkPayloadCorruptError(this.#ctx.key, 'size-mismatch', detail);
+  async #close(): Promise<void> {
+    await this.#download?.close();
+    if (this.#settings.dispatcher === undefined) await this.#route.dispatcher.close().catch(() => {});
   }
 }
 
@@ -457,132 +267,4 @@ class DownloadBody implements AsyncIterable<Uint8Array> {
   destroy(): void {
     void this.#close();
   }
-}
-
-function decodedBody(response: Response, url: URL): AsyncIterable<unknown> {
-  const encoding = contentEncoding(response);
-  if (encoding === 'identity') return response.body;
-  const decoder = DECODERS[encoding];
-  if (!decoder) {
-    throw new PayloadCacheError(
-      'ERR_HTTP_CONTENT_ENCODING',
-      `unsupported Content-Encoding "${encoding}" from ${describeUrl(url)}`,
-    );
-  }
-  const decoding = decoder();
-  // Bytes that do not decode will not decode on a retry either: fail at once, with the encoding named.
-  const decoded = pipeline(response.body, decoding, () => {}) as unknown as NodeJS.ReadableStream;
-  return (async function* () {
-    try {
-      yield* decoded as AsyncIterable<unknown>;
-    } catch (error) {
-      if (!isDecoderError(error)) throw error;
-      throw new PayloadCacheError(
-        'ERR_HTTP_CONTENT_ENCODING',
-        `the ${encoding} body from ${describeUrl(url)} cannot be decoded: ${(error as Error).message}`,
-        { cause: error },
-      );
-    }
-  })();
-}
-
-/** zlib's errors carry `Z_…` codes (gzip, deflate) or `ERR__ERROR_…`/`ERR_BROTLI…` (brotli). */
-function isDecoderError(error: unknown): boolean {
-  const code = (error as NodeJS.ErrnoException | undefined)?.code ?? '';
-  return code.startsWith('Z_') || code.startsWith('ERR__ERROR') || code.startsWith('ERR_BROTLI');
-}
-
-const DECODERS: Record<string, () => NodeJS.ReadWriteStream> = {
-  gzip: createGunzip,
-  'x-gzip': createGunzip,
-  deflate: createInflate,
-  br: createBrotliDecompress,
-};
-
-function contentEncoding(response: Response): string {
-  return (header(response.headers, 'content-encoding') ?? 'identity').trim().toLowerCase() || 'identity';
-}
-
-/** Size of the whole payload: `Content-Range`'s total for a 206, `Content-Length` for a 200. */
-function totalBytesOf(response: Response): number | undefined {
-  if (response.statusCode === 206) return contentRange(response)?.total;
-  const length = Number(header(response.headers, 'content-length'));
-  return Number.isSafeInteger(length) && length >= 0 ? length : undefined;
-}
-
-function contentRange(
-  response: Response,
-): { start: number; end: number; total: number | undefined } | undefined {
-  const match = /^bytes (\d+)-(\d+)\/(\d+|\*)$/.exec(header(response.headers, 'content-range') ?? '');
-  if (!match) return undefined;
-  const total = match[3] === '*' ? undefined : Number(match[3]);
-  return { start: Number(match[1]), end: Number(match[2]), total };
-}
-
-/** The representation's length a `416` states in `Content-Range: bytes *\/N`. */
-function unsatisfiedRangeTotal(response: Response): number | undefined {
-  const match = /^bytes \*\/(\d+)$/.exec(header(response.headers, 'content-range') ?? '');
-  return match ? Number(match[1]) : undefined;
-}
-
-/** The body of a resumed download already holds everything (a `416` for exactly the length received). */
-const COMPLETE = Symbol('complete');
-
-/** Something the caller's own callback threw: it ends the download unchanged, never as a network break. */
-class CallerError {
-  constructor(readonly thrown: unknown) {}
-}
-
-// RFC 9110 5.6.7: IMF-fixdate ("Sun, 06 Nov 1994 08:49:37 GMT"), RFC 850 ("Sunday, 06-Nov-94 08:49:37 GMT")
-// and asctime ("Sun Nov  6 08:49:37 1994"). Anything else (V8 reads "1.5" as a date in 2001) is not a date.
-const HTTP_DATE =
-  /^(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} [A-Z][a-z]{2} \d{4} \d{2}:\d{2}:\d{2} GMT|[A-Z][a-z]+day, \d{2}-[A-Z][a-z]{2}-\d{2} \d{2}:\d{2}:\d{2} GMT|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4})$/;
-
-/** `Retry-After` in ms: delta-seconds or an HTTP date; anything else (`1.5`, `-1`) is ignored: backoff applies. */
-function retryAfterMs(response: Response): number | undefined {
-  const value = header(response.headers, 'retry-after')?.trim();
-  if (value === undefined) return undefined;
-  if (/^\d+$/.test(value)) return Number(value) * 1_000;
-  if (!HTTP_DATE.test(value)) return undefined;
-  const at = Date.parse(value);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
-}
-
-function header(headers: Response['headers'], name: string): string | undefined {
-  const value = headers[name];
-  return Array.isArray(value) ? value[0] : value;
-}
-
-async function discard(response: Response): Promise<void> {
-  await response.body.dump().catch(() => {});
-}
-
-const CREDENTIAL_HEADERS = new Set(['authorization', 'cookie', 'proxy-authorization']);
-
-function lowerCaseKeys(headers: Record<string, string> | undefined): Record<string, string> {
-  return Object.fromEntries(
-    Object.entries(headers ?? {}).map(([name, value]) => [name.toLowerCase(), value]),
-  );
-}
-
-function parseUrl(url: string | URL): URL {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new InvalidOptionsError('httpFetcher needs an absolute http(s) URL');
-  }
-  if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
-    throw new InvalidOptionsError(`httpFetcher supports http and https, not ${parsed.protocol}`);
-  }
-  return parsed;
-}
-
-/** For messages: origin and path only, since query strings often carry signatures and tokens. */
-function describeUrl(url: URL): string {
-  return `${url.origin}${url.pathname}`;
-}
-
-function withoutUndefined<T extends object>(value: T): Partial<T> {
-  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
 }

@@ -13,8 +13,10 @@ export {
   OfflineMissError,
   PayloadCacheError,
 } from './errors.js';
-export { type HttpFetcherOptions, type HttpProgress, HttpStatusError, httpFetcher } from './http-fetcher.js';
+export { HttpStatusError, type MirrorFailure, MirrorsFailedError, ProxyError } from './http-errors.js';
+export { type HttpFetcherOptions, type HttpProgress, httpFetcher } from './http-fetcher.js';
 export type { Manifest } from './manifest.js';
+export type { HttpMirror, HttpSource } from './mirrors.js';
 export type { CacheStats } from './observability.js';
 export type { CacheManagerOptions } from './options.js';
 export {

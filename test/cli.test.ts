@@ -15,7 +15,7 @@ import {
   type Terminal,
 } from './cli-helpers.js';
 import { exists, makeTempDir, patternBytes, removeTempDirs, sha256 } from './helpers.js';
-import { closeAllServers, servePayload, startServer } from './http-servers.js';
+import { closeAllServers, closedPortUrl, servePayload, startServer } from './http-servers.js';
 
 const COMMANDS = ['ls', 'info', 'verify', 'prune', 'clear', 'fetch'];
 const MiB = 1024 * 1024;
@@ -435,6 +435,8 @@ describe('clear', () => {
 
 describe('fetch', () => {
   const payload = patternBytes(4 * MiB, 7);
+  const fetchWithoutRetries = (urls: string[]) =>
+    run(['fetch', ...urls, '--sublayer', 'dl', '--retries', '0', '--root', root]);
 
   it('downloads with plain progress lines, prints the path, and the entry is in the cache', async () => {
     const server = await startServer((req, res) => servePayload(req, res, payload, { etag: '"v1"' }));
@@ -533,6 +535,51 @@ describe('fetch', () => {
       `payload-cache fetch: HTTP 404 from ${server.url('/files/x.bin')} [ERR_HTTP_STATUS]`,
     ]);
     expect(await exists(path.join(root, 'dl', 'x.bin'))).toBe(false);
+  });
+
+  it("several URLs: past a refused one and a 503, the third is stored under the first URL's key", async () => {
+    const busy = await startServer((_req, res) => {
+      res.writeHead(503).end();
+    });
+    const mirror = await startServer((req, res) => servePayload(req, res, payload, { etag: '"m"' }));
+    const urls = [
+      await closedPortUrl('/files/data.bin'),
+      busy.url('/busy/other.bin'),
+      mirror.url('/mirror/copy.bin'),
+    ];
+    const { code, stdout, stderr } = await fetchWithoutRetries(urls);
+    expect(code).toBe(0);
+    const expectedPath = path.join(root, 'dl', 'data.bin');
+    expect(stdout).toBe(`${expectedPath}\n`);
+    expect(sha256(await fsp.readFile(expectedPath))).toBe(sha256(payload));
+    expect(busy.requests).toHaveLength(1);
+    expect(mirror.requests.map((request) => request.url)).toEqual(['/mirror/copy.bin']);
+    expect(stderr).toContain('data.bin: downloaded 4.0 MiB in');
+  });
+
+  it('when every URL fails: one line with what each answered, exit 1, nothing cached', async () => {
+    const missing = await startServer((_req, res) => {
+      res.writeHead(404).end();
+    });
+    const urls = [await closedPortUrl('/a.bin'), missing.url('/b.bin')];
+    const { code, stdout, stderr } = await fetchWithoutRetries(urls);
+    expect(code).toBe(1);
+    expect(stdout).toBe('');
+    expect(lines(stderr)).toEqual([
+      `payload-cache fetch: all 2 URLs failed: ${urls[0]} (ECONNREFUSED), ${urls[1]} (HTTP 404) [ERR_ALL_MIRRORS_FAILED]`,
+    ]);
+    expect(await exists(path.join(root, 'dl', 'a.bin'))).toBe(false);
+  });
+
+  it('usage errors: no URL, and a bad one among several: exit 2', async () => {
+    const none = await run(['fetch', '--sublayer', 'dl', '--root', root]);
+    expect(none.code).toBe(2);
+    expect(none.stderr).toContain('missing <url>');
+    const ftp = await run(['fetch', 'http://127.0.0.1:9/a.bin', 'ftp://127.0.0.1/a.bin', '--sublayer', 'dl']);
+    expect(ftp.code).toBe(2);
+    expect(ftp.stderr).toContain('only http and https');
+    const help = await run(['fetch', '--help']);
+    expect(help.stdout).toContain('Usage: payload-cache fetch <url> [<url>...] --sublayer S');
   });
 
   it('usage errors: no --sublayer, no key in the URL, not http(s): exit 2', async () => {

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { constants, promises as fsp } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { setTimeout as delay } from 'node:timers/promises';
 
 /** A fresh directory under the OS tmp dir; remove it with {@link removeTempDirs}. */
 const made: string[] = [];
@@ -40,6 +41,37 @@ export async function exists(filePath: string): Promise<boolean> {
   return fsp.lstat(filePath).then(
     () => true,
     () => false,
+  );
+}
+
+/**
+ * Collects the exceptions nobody caught (an 'error' event without a listener, for one) until `stop()`,
+ * which resolves with their stacks: each one should fail the test that caused it.
+ */
+export function watchUncaught(): { stop(): Promise<unknown[]> } {
+  const caught: unknown[] = [];
+  const record = (error: unknown) => caught.push(error);
+  process.on('uncaughtException', record);
+  return {
+    async stop() {
+      try {
+        // Stream errors are emitted on a later turn (undici defers them with setImmediate).
+        await delay(30);
+      } finally {
+        process.off('uncaughtException', record);
+      }
+      return caught.map((error) => (error instanceof Error ? (error.stack ?? error.message) : error));
+    },
+  };
+}
+
+/** What `promise` rejects with; a test fails if it resolves instead. */
+export async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
+  return promise.then(
+    () => {
+      throw new Error('expected a rejection, got a result');
+    },
+    (error: unknown) => error,
   );
 }
 

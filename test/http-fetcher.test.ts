@@ -4,7 +4,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as delay } from 'node:timers/promises';
 import { brotliCompressSync, deflateSync, gzipSync } from 'node:zlib';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import {
   BulkPayloadCorruptError,
   CacheManager,
@@ -20,13 +20,13 @@ import {
   makeTempDir,
   manualClock,
   patternBytes,
-  removeTempDirs,
+  rejectionOf,
   sha256,
   tmpFilesIn,
 } from './helpers.js';
 import {
-  closeAllServers,
   drained,
+  isolateHttpTests,
   type RecordedRequest,
   requestedStart,
   servePayload,
@@ -40,43 +40,13 @@ const LAST_MODIFIED = 'Wed, 21 Oct 2026 07:28:00 GMT';
 const MiB = 1024 * 1024;
 /** Retries without waiting seconds: every backoff stays at a few milliseconds. */
 const quick: HttpFetcherOptions = { retryDelayMs: 5, maxRetryDelayMs: 50 };
-const PROXY_VARIABLES = ['HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'http_proxy', 'https_proxy', 'no_proxy'];
-
 let root: string;
 let clock: ReturnType<typeof manualClock>;
-let savedEnv: Record<string, string | undefined>;
-/** Exceptions nobody caught while a test ran (an 'error' event without listener, for one): each fails it. */
-let uncaught: unknown[] = [];
-const recordUncaught = (error: unknown) => uncaught.push(error);
 
+isolateHttpTests();
 beforeEach(async () => {
-  uncaught = [];
-  process.on('uncaughtException', recordUncaught);
   root = await makeTempDir();
   clock = manualClock();
-  savedEnv = {};
-  for (const name of PROXY_VARIABLES) {
-    savedEnv[name] = process.env[name];
-    delete process.env[name];
-  }
-});
-
-afterEach(async () => {
-  try {
-    // Stream errors are emitted on a later turn (undici defers them with setImmediate).
-    await delay(30);
-    const stacks = uncaught.map((error) => (error instanceof Error ? (error.stack ?? error.message) : error));
-    expect(stacks, 'uncaught exceptions during the test').toEqual([]);
-  } finally {
-    process.off('uncaughtException', recordUncaught);
-    await closeAllServers();
-    for (const name of PROXY_VARIABLES) {
-      const value = savedEnv[name];
-      if (value === undefined) delete process.env[name];
-      else process.env[name] = value;
-    }
-    await removeTempDirs();
-  }
 });
 
 function cacheWith(options: Partial<CacheManagerOptions> = {}): CacheManager {
@@ -104,15 +74,6 @@ async function expectNothingPublished(key = KEY): Promise<void> {
   expect(await exists(`${payloadPath(key)}.manifest.json`)).toBe(false);
   expect(await exists(`${payloadPath(key)}.lock`)).toBe(false);
   expect(await tmpFilesIn(dirOf())).toEqual([]);
-}
-
-async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
-  return promise.then(
-    () => {
-      throw new Error('expected a rejection, got a result');
-    },
-    (error: unknown) => error,
-  );
 }
 
 function nth(requests: RecordedRequest[], index: number): RecordedRequest {

@@ -1,6 +1,8 @@
 import http from 'node:http';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { afterEach, beforeEach, expect } from 'vitest';
+import { removeTempDirs, watchUncaught } from './helpers.js';
 
 /**
  * Real loopback HTTP servers for the httpFetcher tests: each records every request it receives (method,
@@ -97,8 +99,8 @@ async function listen(server: http.Server, requests: RecordedRequest[], host: st
 }
 
 /**
- * A forward proxy: absolute-URI requests are forwarded with `http.request`, and `CONNECT` (which undici's
- * ProxyAgent uses by default, even for http targets) is tunnelled. Each request or tunnel is recorded.
+ * A forward proxy: absolute-URI requests (httpFetcher's for `http://` URLs) are forwarded with
+ * `http.request`, and `CONNECT` (for `https://`) is tunnelled. Each request or tunnel is recorded.
  */
 export async function startProxy(): Promise<TestServer> {
   const requests: RecordedRequest[] = [];
@@ -142,6 +144,52 @@ export async function startProxy(): Promise<TestServer> {
       return closeProxy();
     },
   });
+}
+
+/** The variables httpFetcher takes its proxies from, in both cases. */
+const PROXY_VARIABLES = ['HTTP_PROXY', 'HTTPS_PROXY', 'NO_PROXY', 'http_proxy', 'https_proxy', 'no_proxy'];
+
+/** Clears the proxy variables for a test; the function returned puts back what was there. */
+function clearProxyVariables(): () => void {
+  const saved = new Map(PROXY_VARIABLES.map((name) => [name, process.env[name]]));
+  for (const name of PROXY_VARIABLES) delete process.env[name];
+  return () => {
+    for (const [name, value] of saved) {
+      if (value === undefined) delete process.env[name];
+      else process.env[name] = value;
+    }
+  };
+}
+
+/**
+ * Registers, for every test of the file: the proxy variables cleared; afterwards `cleanUp`, every server
+ * closed, the variables put back, the tmp dirs removed, and the test failed if an exception went uncaught
+ * (an 'error' event without a listener, for one).
+ */
+export function isolateHttpTests(cleanUp: () => Promise<void> = async () => {}): void {
+  let uncaught: ReturnType<typeof watchUncaught>;
+  let restoreProxyVariables: () => void;
+  beforeEach(() => {
+    uncaught = watchUncaught();
+    restoreProxyVariables = clearProxyVariables();
+  });
+  afterEach(async () => {
+    try {
+      expect(await uncaught.stop(), 'uncaught exceptions during the test').toEqual([]);
+    } finally {
+      await cleanUp();
+      await closeAllServers();
+      restoreProxyVariables();
+      await removeTempDirs();
+    }
+  });
+}
+
+/** A URL on a port that was just closed: connecting to it is refused. */
+export async function closedPortUrl(pathname: string): Promise<string> {
+  const server = await startServer(() => {});
+  await server.close();
+  return server.url(pathname);
 }
 
 /** The first byte asked for by `Range: bytes=N-`, or `undefined` when there is no such header. */

@@ -41,7 +41,10 @@ export interface Command {
   /** The command's own help, without the options every command shares. */
   readonly help: string;
   readonly options: OptionSpec;
-  /** Names of the required positional arguments, in order (`<sublayer> <key>`). */
+  /**
+   * Names of the required positional arguments, in order (`<sublayer> <key>`). A last name ending in `...`
+   * (`url...`) takes one or more arguments.
+   */
   readonly positionals: readonly string[];
   run(input: CommandInput, io: Io): Promise<number>;
 }
@@ -91,12 +94,13 @@ export function parseCommandArgs(command: Command, args: readonly string[]): Com
     seen.add(token.name);
   }
   if (parsed.values.help) return parsed;
-  const expected = command.positionals;
+  const expected = command.positionals.map((name) => name.replace(/\.\.\.$/, ''));
+  const takesMore = command.positionals.at(-1)?.endsWith('...') === true;
   if (parsed.positionals.length < expected.length) {
     const missing = expected.slice(parsed.positionals.length).map((name) => `<${name}>`);
     throw new UsageError(`missing ${missing.join(' ')}`);
   }
-  if (parsed.positionals.length > expected.length) {
+  if (parsed.positionals.length > expected.length && !takesMore) {
     throw new UsageError(`unexpected argument "${parsed.positionals[expected.length]}"`);
   }
   return parsed;

@@ -18,28 +18,37 @@ import { describeTtl, formatBytes, formatDuration } from './units.js';
 
 export const fetchCommand: Command = {
   name: 'fetch',
-  summary: 'Download a URL into the cache (with progress) and print its path',
-  help: `Usage: payload-cache fetch <url> --sublayer S [--key K] [--ttl DURATION] [--refresh] [--retries N]
-                           [--keep-n N] [--max-bytes SIZE] [--root DIR]
+  summary: 'Download a URL (or a mirror of it) into the cache and print its path',
+  help: `Usage: payload-cache fetch <url> [<url>...] --sublayer S [--key K] [--ttl DURATION] [--refresh]
+                           [--retries N] [--keep-n N] [--max-bytes SIZE] [--root DIR]
 
 Downloads <url> into the cache with the library's httpFetcher (streamed to disk, retried, resumed,
-checked against Content-Length, proxies from HTTP_PROXY/HTTPS_PROXY/NO_PROXY) and prints the payload's
-absolute path on stdout, so that PAYLOAD=$(payload-cache fetch ...) works in scripts. An entry that is
-already there and fresh under --ttl is a hit: nothing is downloaded. Other processes fetching the same
-key wait for this download instead of repeating it. Ctrl-C aborts the download (exit 130); nothing is
-published then.
+checked against Content-Length) and prints the payload's absolute path on stdout, so that
+PAYLOAD=$(payload-cache fetch ...) works in scripts. An entry that is already there and fresh under
+--ttl is a hit: nothing is downloaded. Other processes fetching the same key wait for this download
+instead of repeating it. Ctrl-C aborts the download (exit 130); nothing is published then.
+
+More URLs are mirrors of the same payload, tried in order: the next one when a URL fails for good
+(connection refused, a timeout or a 5xx once its retries are spent, 404 or another error status, a body
+shorter than its Content-Length, a proxy's refusal). A broken body is resumed on the URL that sent it;
+the next URL starts over. The key comes from the first URL.
+
+Proxies come from http_proxy/https_proxy/no_proxy (or the upper-case names): http:// URLs are
+forwarded by the proxy, https:// ones tunnelled with CONNECT.
 
 Progress goes to stderr: on a terminal a bar with bytes, rate and ETA; otherwise a plain line at every
 10 % (every 10 MiB when the server sends no Content-Length).
 
 Options:
   --sublayer S       The sublayer to store it in (required)
-  --key K            The entry's key. Default: the URL's last path segment, percent-decoded; required
-                     when the URL has a query string (two URLs that differ only there would share a key)
+  --key K            The entry's key. Default: the first URL's last path segment, percent-decoded;
+                     required when that URL has a query string (two URLs that differ only there would
+                     share a key)
   --ttl DURATION     An entry older than this is fetched again (a 304 answer renews it without a
                      download): 7d, 12h, 30m, 45s, 500ms or Infinity. Default Infinity: any entry is a hit
   --refresh          Download even if a fresh entry exists
-  --retries N        Retries after a network error, a timeout or a 408/429/5xx answer. Default 3
+  --retries N        Retries of each URL after a network error, a timeout or a 408/429/5xx answer.
+                     Default 3
   --keep-n N         Afterwards, evict least recently used entries of the sublayer down to exactly N
                      entries (N >= 1). Default: no limit, nothing else is evicted
   --max-bytes SIZE   Likewise, down to SIZE payload bytes (500MiB, 2GiB, 10GB). Default: no limit`,
@@ -52,19 +61,22 @@ Options:
     'keep-n': { type: 'string' },
     'max-bytes': { type: 'string' },
   },
-  positionals: ['url'],
+  positionals: ['url...'],
   run: runFetch,
 };
 
 async function runFetch(input: CommandInput, io: Io): Promise<number> {
-  const target = httpUrl(input.positionals[0] as string);
+  const urls = input.positionals.map(httpUrl);
   const sublayer = stringOption(input, 'sublayer');
   if (sublayer === undefined) throw new UsageError('--sublayer is required');
-  const key = stringOption(input, 'key') ?? keyFromUrl(target);
+  const key = stringOption(input, 'key') ?? keyFromUrl(urls[0] as URL);
   const ttlMs = ttlOf(input);
   const cache = openSublayer(sublayer, { root: rootOf(input), ttlMs, ...limitsOf(input) });
   const progress = createProgress(key, io.stderr);
-  const download = httpFetcher(target, { retries: retriesOf(input), onProgress: (p) => progress.update(p) });
+  const download = httpFetcher(urls, {
+    retries: retriesOf(input),
+    onProgress: (p) => progress.update(p),
+  });
   let outcome: 'hit' | 'downloaded' | 'renewed' = 'hit';
   const fetchFn: FetchFn = async (ctx) => {
     const result = await download(ctx);
