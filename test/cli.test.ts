@@ -595,6 +595,92 @@ describe('fetch', () => {
   });
 });
 
+describe('sharing a cache (README: Sharing a cache)', () => {
+  const payload = patternBytes(256 * 1024, 9);
+
+  it('a site layer from PAYLOAD_CACHE_READONLY_ROOTS: fetch prints its path, no request; ls shows the LAYER', async () => {
+    const server = await startServer((req, res) => servePayload(req, res, payload));
+    const userRoot = await makeTempDir('payload-cache-cli-user-');
+    const env = { PAYLOAD_CACHE_READONLY_ROOTS: root };
+    const served = await run(
+      ['fetch', server.url('/model.bin'), '--sublayer', 'models', '--root', userRoot],
+      { env },
+    );
+    expect(served.code).toBe(0);
+    expect(served.stdout).toBe(`${model}\n`);
+    expect(served.stderr).toContain(`already cached in the read-only root ${root}`);
+    expect(server.requests).toHaveLength(0);
+
+    const fetched = await run(
+      ['fetch', server.url('/other.bin'), '--sublayer', 'models', '--root', userRoot],
+      { env },
+    );
+    expect(fetched.stdout).toBe(`${path.join(userRoot, 'models', 'other.bin')}\n`);
+    const listing = await run(['ls', '--sublayer', 'models', '--root', userRoot], { env });
+    expect(listing.code).toBe(0);
+    expect(listing.stdout).toContain(`Read-only roots (PAYLOAD_CACHE_READONLY_ROOTS): ${root}`);
+    expect(lines(listing.stdout).find((line) => line.includes('other.bin'))).toMatch(/ own$/);
+    expect(lines(listing.stdout).find((line) => line.includes('model.bin'))).toMatch(new RegExp(`${root}$`));
+    const json = JSON.parse((await run(['ls', '--json', '--root', userRoot], { env })).stdout);
+    const entries = json.sublayers.flatMap((sublayer: { entries: unknown[] }) => sublayer.entries);
+    expect(entries).toEqual(
+      expect.arrayContaining([
+        expect.objectContaining({ key: 'other.bin', readOnly: false, root: userRoot }),
+        expect.objectContaining({ key: 'model.bin', readOnly: true, root }),
+        expect.objectContaining({ key: 'old.zip', readOnly: true, root }),
+      ]),
+    );
+    expect(json.readOnlyRoots).toEqual([root]);
+  });
+
+  it('--offline: an expired entry is served without a request; a missing one is ERR_OFFLINE_MISS, exit 1', async () => {
+    const server = await startServer((req, res) => servePayload(req, res, payload));
+    const stale = await run([
+      'fetch',
+      server.url('/old.zip'),
+      '--sublayer',
+      'imf-weo',
+      '--ttl',
+      '1d',
+      '--offline',
+      '--root',
+      root,
+    ]);
+    expect(stale.code).toBe(0);
+    expect(stale.stdout).toBe(`${oldZip}\n`);
+    expect(stale.stderr).toContain('offline: served the cached entry although it has expired');
+    const missing = await run(['fetch', server.url('/absent.zip'), '--sublayer', 'imf-weo', '--root', root], {
+      env: { PAYLOAD_CACHE_OFFLINE: '1' },
+    });
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toContain('offline: no entry for key "absent.zip" in sublayer "imf-weo"');
+    expect(missing.stderr).toContain('[ERR_OFFLINE_MISS]');
+    expect(server.requests).toHaveLength(0);
+  });
+
+  it.skipIf(process.platform === 'win32')(
+    '--shared group under umask 077: the download, its manifest and its directories are usable by the group (POSIX modes: skipped on Windows, where the option is ignored)',
+    async () => {
+      const server = await startServer((req, res) => servePayload(req, res, payload));
+      const groupRoot = path.join(await makeTempDir('payload-cache-cli-group-'), 'cache');
+      const result = await runCli(
+        ['fetch', server.url('/data.bin'), '--sublayer', 'dl', '--shared', 'group', '--root', groupRoot],
+        { command: ['sh', '-c', 'umask 077 && exec "$0" "$@"', process.execPath] },
+      );
+      expect(result.code, result.stderr).toBe(0);
+      const modeOf = async (file: string) => ((await fsp.stat(file)).mode & 0o7777).toString(8);
+      expect(await modeOf(groupRoot)).toBe('2775');
+      expect(await modeOf(path.join(groupRoot, 'dl'))).toBe('2775');
+      expect(await modeOf(path.join(groupRoot, 'dl', 'data.bin'))).toBe('664');
+      expect(await modeOf(path.join(groupRoot, 'dl', 'data.bin.manifest.json'))).toBe('664');
+      expect(await modeOf(path.join(groupRoot, 'CACHEDIR.TAG'))).toBe('664');
+      const bad = await run(['ls', '--shared', 'world', '--root', groupRoot]);
+      expect(bad.code).toBe(2);
+      expect(bad.stderr).toContain('--shared takes only "group"');
+    },
+  );
+});
+
 describe('argument and display helpers', () => {
   it('parses durations and sizes, and refuses bare numbers of time', () => {
     expect(parseDuration('1h30m', '--ttl')).toBe(5_400_000);

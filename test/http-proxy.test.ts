@@ -42,8 +42,14 @@ async function expectLogged(proxy: Tinyproxy, expected: string[]): Promise<void>
 
 const payloadServer = () => startServer((req, res) => servePayload(req, res, payload, { etag: '"p"' }));
 
+// tinyproxy is a Linux program: under Wine the Windows node.exe cannot start it (nor on Windows itself).
+const noTinyproxyReason =
+  process.platform === 'win32'
+    ? ' [skipped: tinyproxy is a Linux program, none runs on Windows or under Wine]'
+    : ' [skipped without the tinyproxy binary: apt-get install tinyproxy]';
+
 describe.skipIf(!hasTinyproxy)(
-  'httpFetcher through a real tinyproxy [skipped without the tinyproxy binary: apt-get install tinyproxy]',
+  `httpFetcher through a real tinyproxy${hasTinyproxy ? '' : noTinyproxyReason}`,
   () => {
     for (const variable of ['HTTP_PROXY', 'http_proxy']) {
       it(`${variable}: an http:// download is forwarded by the proxy (GET http://...), not tunnelled`, async () => {

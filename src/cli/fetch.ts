@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs';
-import { type FetchFn, httpFetcher, NOT_MODIFIED } from '../index.js';
+import path from 'node:path';
+import { type CacheStats, type FetchFn, httpFetcher, NOT_MODIFIED } from '../index.js';
 import {
   type Command,
   type CommandInput,
@@ -8,6 +9,7 @@ import {
   type Io,
   limitsOf,
   rootOf,
+  sharedOf,
   stringOption,
   ttlOf,
 } from './command.js';
@@ -20,7 +22,8 @@ export const fetchCommand: Command = {
   name: 'fetch',
   summary: 'Download a URL (or a mirror of it) into the cache and print its path',
   help: `Usage: payload-cache fetch <url> [<url>...] --sublayer S [--key K] [--ttl DURATION] [--refresh]
-                           [--retries N] [--keep-n N] [--max-bytes SIZE] [--root DIR]
+                           [--retries N] [--keep-n N] [--max-bytes SIZE] [--offline] [--shared group]
+                           [--root DIR]
 
 Downloads <url> into the cache with the library's httpFetcher (streamed to disk, retried, resumed,
 checked against Content-Length) and prints the payload's absolute path on stdout, so that
@@ -35,6 +38,11 @@ the next URL starts over. The key comes from the first URL.
 
 Proxies come from http_proxy/https_proxy/no_proxy (or the upper-case names): http:// URLs are
 forwarded by the proxy, https:// ones tunnelled with CONNECT.
+
+Read-only roots from PAYLOAD_CACHE_READONLY_ROOTS (a site cache) are looked in after the root: a fresh
+entry there is printed where it is, never copied. Offline (--offline, or PAYLOAD_CACHE_OFFLINE=1) nothing
+is downloaded: any entry in any root is printed, even an expired one, and a key found nowhere is an
+error (exit 1) naming every root searched.
 
 Progress goes to stderr: on a terminal a bar with bytes, rate and ETA; otherwise a plain line at every
 10 % (every 10 MiB when the server sends no Content-Length).
@@ -51,7 +59,8 @@ Options:
                      Default 3
   --keep-n N         Afterwards, evict least recently used entries of the sublayer down to exactly N
                      entries (N >= 1). Default: no limit, nothing else is evicted
-  --max-bytes SIZE   Likewise, down to SIZE payload bytes (500MiB, 2GiB, 10GB). Default: no limit`,
+  --max-bytes SIZE   Likewise, down to SIZE payload bytes (500MiB, 2GiB, 10GB). Default: no limit
+  --offline          Never download: print the entry found in any root, fresh or expired, or fail`,
   options: {
     sublayer: { type: 'string' },
     key: { type: 'string' },
@@ -60,6 +69,7 @@ Options:
     retries: { type: 'string' },
     'keep-n': { type: 'string' },
     'max-bytes': { type: 'string' },
+    offline: { type: 'boolean' },
   },
   positionals: ['url...'],
   run: runFetch,
@@ -71,7 +81,15 @@ async function runFetch(input: CommandInput, io: Io): Promise<number> {
   if (sublayer === undefined) throw new UsageError('--sublayer is required');
   const key = stringOption(input, 'key') ?? keyFromUrl(urls[0] as URL);
   const ttlMs = ttlOf(input);
-  const cache = openSublayer(sublayer, { root: rootOf(input), ttlMs, ...limitsOf(input) });
+  const root = rootOf(input);
+  const cache = openSublayer(sublayer, {
+    root,
+    ttlMs,
+    ...limitsOf(input),
+    shared: sharedOf(input),
+    // Without the flag the library reads PAYLOAD_CACHE_OFFLINE itself.
+    offline: flag(input, 'offline') || undefined,
+  });
   const progress = createProgress(key, io.stderr);
   const download = httpFetcher(urls, {
     retries: retriesOf(input),
@@ -98,7 +116,7 @@ async function runFetch(input: CommandInput, io: Io): Promise<number> {
     process.off('SIGINT', onSigint);
   }
   const elapsed = formatDuration(Date.now() - startMs);
-  if (outcome === 'hit') io.err(`${key}: already cached (fresh under ttl ${describeTtl(ttlMs)})`);
+  if (outcome === 'hit') io.err(`${key}: ${describeHit(cache.stats(), payloadPath, root, ttlMs)}`);
   else if (outcome === 'renewed') io.err(`${key}: not modified on the server, entry renewed in ${elapsed}`);
   else {
     const { size } = await fsp.stat(payloadPath);
@@ -106,6 +124,19 @@ async function runFetch(input: CommandInput, io: Io): Promise<number> {
   }
   io.out(payloadPath);
   return EXIT_OK;
+}
+
+function describeHit(stats: CacheStats, payloadPath: string, root: string, ttlMs: number): string {
+  const where = payloadPath.startsWith(root + path.sep)
+    ? ''
+    : ` in the read-only root ${rootOfPayload(payloadPath)}`;
+  if (stats.staleServedOffline > 0) return `offline: served the cached entry${where} although it has expired`;
+  return `already cached${where} (fresh under ttl ${describeTtl(ttlMs)})`;
+}
+
+/** `<root>/<sublayer>/<key>` -> `<root>`. */
+function rootOfPayload(payloadPath: string): string {
+  return path.dirname(path.dirname(payloadPath));
 }
 
 function httpUrl(text: string): URL {
