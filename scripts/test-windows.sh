@@ -135,16 +135,52 @@ export NODE_OPTIONS="--require $(winepath -w "$repo/scripts/wine/preload.cjs")"
 say "$(win_node -p '`node ${process.version} on ${process.platform} ${require("os").release()}`')"
 
 suite=()
+left_out=()
 if [[ ${1:-} == --ci ]]; then
-  for file in "${CI_SKIPPED[@]}"; do suite+=(--exclude "$file"); done
+  left_out=("${CI_SKIPPED[@]}")
+  for file in "${left_out[@]}"; do suite+=(--exclude "$file"); done
   say "--ci: leaving out ${CI_SKIPPED[*]}"
 elif (($# > 0)); then
   win_node node_modules/vitest/vitest.mjs run "$@"
   exit
 fi
 
+# Files of the suite without a result in vitest's JSON report (or failed with no test failed): those a crashed
+# worker took down.
+files_without_result() {
+  local report=$1
+  shift
+  find test -name '*.test.ts' -not -path 'test/faults/*' | sort | node -e '
+    const report = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+    const skipped = new Set(process.argv.slice(2));
+    const done = new Set(report.testResults.filter((r) => r.status !== "failed")
+      .map((r) => r.name.replace(/\\/g, "/").replace(/^.*\/test\//, "test/")));
+    const all = require("fs").readFileSync(0, "utf8").split("\n").filter(Boolean);
+    console.log(all.filter((file) => !done.has(file) && !skipped.has(file)).join(" "));
+  ' "$report" "$@"
+}
+
+# Wine sometimes kills a vitest worker outright (no test failed; vitest reports "Worker exited
+# unexpectedly"): measured once in about ten runs of the suite. Only then are the files that got no result
+# run once more; any failed test fails the lane at once.
+run_suite() {
+  local report="$lab/vitest-report.json" log="$lab/vitest.log" status=0
+  rm -f "$report"
+  win_node node_modules/vitest/vitest.mjs run "${suite[@]}" --reporter=default --reporter=json \
+    --outputFile.json="$(winepath -w "$report")" | tee "$log" || status=$?
+  ((status == 0)) && return 0
+  grep -q 'Worker exited unexpectedly' "$log" && [[ -f $report ]] || return "$status"
+  [[ $(node -p "require('$report').numFailedTests") == 0 ]] || return "$status"
+  local rerun
+  rerun=$(files_without_result "$report" "${left_out[@]}")
+  [[ -n $rerun ]] || return "$status"
+  say "a Wine worker crashed with no test failed; running once more: $rerun"
+  # shellcheck disable=SC2086 # one argument per file
+  win_node node_modules/vitest/vitest.mjs run $rerun
+}
+
 failed=()
-win_node node_modules/vitest/vitest.mjs run "${suite[@]}" || failed+=(suite)
+run_suite || failed+=(suite)
 
 say "CLI smoke test"
 smoke=$(mktemp -d "$lab/cli-smoke.XXXXXX")
