@@ -94,6 +94,7 @@ export function parseCommandArgs(command: Command, args: readonly string[]): Com
     seen.add(token.name);
   }
   if (parsed.values.help) return parsed;
+  sharedOf(parsed);
   const expected = command.positionals.map((name) => name.replace(/\.\.\.$/, ''));
   const takesMore = command.positionals.at(-1)?.endsWith('...') === true;
   if (parsed.positionals.length < expected.length) {
