@@ -6,12 +6,21 @@ import { InvalidKeyError } from './errors.js';
 /** Longest key or sublayer in UTF-8 bytes: `<key>.manifest.json` then stays well inside 255 bytes. */
 export const MAX_KEY_BYTES = 200;
 /** Most file systems (ext4, XFS, NTFS, APFS) cap one name at 255 bytes. */
-const MAX_NAME_BYTES = 255;
+export const MAX_NAME_BYTES = 255;
 
 export const MANIFEST_SUFFIX = '.manifest.json';
 export const LOCK_SUFFIX = '.lock';
 export const TMP_MARKER = '.tmp.';
 export const CACHEDIR_TAG = 'CACHEDIR.TAG';
+/** What separates an archive's key from the sha256 prefix in the name of its extraction directory. */
+export const EXTRACTED_INFIX = '.extracted.';
+/**
+ * Hex digits of the archive's sha256 in an extraction's name: 64 bits keep `<key>.extracted.<sha>` within
+ * 227 bytes, and the full sha256 in the extraction's marker is checked on every hit anyway.
+ */
+export const EXTRACTION_SHA_HEX_DIGITS = 16;
+// The name of an extraction directory; no key may end so, or a key's payload could collide with one.
+const EXTRACTION_NAME = /\.extracted\.[0-9a-f]{16}$/i;
 
 const WINDOWS_RESERVED = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)?$/i;
 // Besides `/` and `\`, characters Windows and SMB refuse in names; `:` would even open an NTFS stream.
@@ -32,24 +41,41 @@ export function validateKey(value: unknown, what: 'key' | 'sublayer' = 'key'): s
     throw new InvalidKeyError(what, value, rule);
   };
   if (typeof value !== 'string') return fail('must be a string');
-  if (value.length === 0) return fail('must not be empty');
-  // A lone surrogate encodes as U+FFFD in a file name: two such keys would share one file.
-  if (LONE_SURROGATE.test(value)) return fail('must be well-formed Unicode (no lone surrogates)');
-  if (Buffer.byteLength(value, 'utf8') > MAX_KEY_BYTES)
-    return fail(`must be at most ${MAX_KEY_BYTES} UTF-8 bytes`);
-  if (value.includes('\u0000')) return fail('must not contain NUL');
-  if (CONTROL_CHARACTERS.test(value)) return fail('must not contain control characters');
-  if (FORBIDDEN_CHARACTERS.test(value)) return fail('must not contain / \\ < > : " | ? *');
-  if (value === '.' || value === '..') return fail('must not be "." or ".."');
-  if (/[. ]$/.test(value)) return fail('must not end with a dot or a space');
+  const unportable = portableNameProblem(value, MAX_KEY_BYTES);
+  if (unportable !== undefined) return fail(unportable);
   if (value.trim() !== value) return fail('must not start with white space');
-  if (WINDOWS_RESERVED.test(value)) return fail('must not be a Windows reserved name (CON, NUL, COM1...)');
   const lower = value.toLowerCase();
   if (lower.endsWith(MANIFEST_SUFFIX)) return fail(`must not end with "${MANIFEST_SUFFIX}"`);
   if (lower.endsWith(LOCK_SUFFIX)) return fail(`must not end with "${LOCK_SUFFIX}"`);
   if (lower.includes(TMP_MARKER)) return fail(`must not contain "${TMP_MARKER}"`);
   if (lower === CACHEDIR_TAG.toLowerCase()) return fail(`must not be "${CACHEDIR_TAG}"`);
+  if (EXTRACTION_NAME.test(value)) {
+    return fail(
+      `must not end with "${EXTRACTED_INFIX}" and ${EXTRACTION_SHA_HEX_DIGITS} hex digits (an extraction's name)`,
+    );
+  }
   return value;
+}
+
+/**
+ * The first rule that keeps `name` from being one file name on every platform (Linux, macOS, Windows, SMB
+ * shares), in words; `undefined` when it has none. Keys follow these rules, and so does every path segment
+ * of an archive the cache extracts: a name Windows cannot hold would be mangled, merged with another or
+ * refused there.
+ */
+export function portableNameProblem(name: string, maxBytes: number = MAX_NAME_BYTES): string | undefined {
+  if (name.length === 0) return 'must not be empty';
+  // A lone surrogate encodes as U+FFFD in a file name: two such names would share one file.
+  if (LONE_SURROGATE.test(name)) return 'must be well-formed Unicode (no lone surrogates)';
+  if (Buffer.byteLength(name, 'utf8') > maxBytes) return `must be at most ${maxBytes} UTF-8 bytes`;
+  if (name.includes('\u0000')) return 'must not contain NUL';
+  if (CONTROL_CHARACTERS.test(name)) return 'must not contain control characters';
+  if (FORBIDDEN_CHARACTERS.test(name)) return 'must not contain / \\ < > : " | ? *';
+  if (name === '.' || name === '..') return 'must not be "." or ".."';
+  // Windows drops a trailing dot or space, so `a.` and `a` would be one file.
+  if (/[. ]$/.test(name)) return 'must not end with a dot or a space';
+  if (WINDOWS_RESERVED.test(name)) return 'must not be a Windows reserved name (CON, NUL, COM1...)';
+  return undefined;
 }
 
 /** The absolute paths that make up one entry. */
@@ -59,6 +85,52 @@ export interface EntryPaths {
   readonly payload: string;
   readonly manifest: string;
   readonly lock: string;
+}
+
+/**
+ * The paths of one extraction of an archive: the directory named after the key and the archive's sha256
+ * (so a path handed out always means the same tree), its marker and file list, and the content directory
+ * that `getOrExtract` returns.
+ */
+export interface ExtractionPaths {
+  readonly key: string;
+  /** The full sha256 of the archive this extraction was made from. */
+  readonly archiveSha256: string;
+  readonly dir: string;
+  /** Small commit marker, read on every hit; its mtime is the extraction's last use. */
+  readonly marker: string;
+  /** One JSON line per file: path, size, sha256. */
+  readonly fileList: string;
+  readonly content: string;
+}
+
+export const EXTRACTION_MARKER_NAME = 'extraction.json';
+export const EXTRACTION_FILE_LIST_NAME = 'files.jsonl';
+export const EXTRACTION_CONTENT_NAME = 'content';
+
+export function extractionPaths(dir: string, key: string, archiveSha256: string): ExtractionPaths {
+  const sha = archiveSha256.toLowerCase();
+  return extractionPathsAt(
+    path.join(dir, `${key}${EXTRACTED_INFIX}${sha.slice(0, EXTRACTION_SHA_HEX_DIGITS)}`),
+    key,
+    sha,
+  );
+}
+
+/** The same paths for an extraction directory at another name (its tmp name while it is being made). */
+export function extractionPathsAt(
+  extractionDir: string,
+  key: string,
+  archiveSha256: string,
+): ExtractionPaths {
+  return {
+    key,
+    archiveSha256,
+    dir: extractionDir,
+    marker: path.join(extractionDir, EXTRACTION_MARKER_NAME),
+    fileList: path.join(extractionDir, EXTRACTION_FILE_LIST_NAME),
+    content: path.join(extractionDir, EXTRACTION_CONTENT_NAME),
+  };
 }
 
 export function sublayerDir(root: string, sublayer: string): string {

@@ -184,3 +184,70 @@ export class CacheReadOnlyError extends PayloadCacheError {
     this.path = filePath;
   }
 }
+
+/**
+ * Why an archive was refused as hostile. Each names one rule of the extraction core (see
+ * `src/archive-safety.ts` and the README's "Archives" section).
+ */
+export type ArchiveUnsafeReason =
+  | 'absolute-path'
+  | 'parent-segment'
+  | 'backslash'
+  | 'unportable-name'
+  | 'symlink'
+  | 'hard-link'
+  | 'special-file'
+  | 'setuid-setgid'
+  | 'duplicate-name'
+  | 'case-collision'
+  | 'file-directory-conflict'
+  | 'too-many-entries'
+  | 'too-many-bytes'
+  | 'compression-ratio';
+
+/**
+ * An archive breaks one of the extraction's safety rules (a name that would land outside the extraction, a
+ * link, a device, a limit passed...). The whole archive is refused: nothing of it is ever visible, and
+ * nothing was written outside the extraction's private tmp directory.
+ */
+export class ArchiveUnsafeError extends PayloadCacheError {
+  /** Which rule the archive breaks. */
+  readonly reason: ArchiveUnsafeReason;
+  /** The offending entry's name as the archive spells it; `undefined` for limits on the archive as a whole. */
+  readonly entryName: string | undefined;
+
+  constructor(reason: ArchiveUnsafeReason, entryName: string | undefined, detail: string) {
+    const entry = entryName === undefined ? '' : ` in entry ${describe(entryName)}`;
+    super('ERR_ARCHIVE_UNSAFE', `archive refused (${reason})${entry}: ${detail}`);
+    this.reason = reason;
+    this.entryName = entryName;
+  }
+}
+
+/** Why an archive could not be read: not a known format, damaged, or using a feature the extractor lacks. */
+export type ArchiveInvalidReason = 'unknown-format' | 'corrupt' | 'unsupported';
+
+/**
+ * An archive could not be extracted because it is not one: its bytes are not a zip, tar, tar.gz or gzip
+ * file, they are damaged (a bad checksum, a truncated stream), or they use a feature the extractor does not
+ * read (an encrypted entry, a compression method other than stored or deflate). The reading library's
+ * error, if any, is the `cause`. Nothing of the archive is visible.
+ */
+export class ArchiveInvalidError extends PayloadCacheError {
+  /** What is wrong with the archive. */
+  readonly reason: ArchiveInvalidReason;
+  /** The entry being read when it failed, as the archive spells it; `undefined` for the archive as a whole. */
+  readonly entryName: string | undefined;
+
+  constructor(
+    reason: ArchiveInvalidReason,
+    entryName: string | undefined,
+    detail: string,
+    options?: { cause?: unknown },
+  ) {
+    const entry = entryName === undefined ? '' : ` in entry ${describe(entryName)}`;
+    super('ERR_ARCHIVE_INVALID', `archive not extracted (${reason})${entry}: ${detail}`, options);
+    this.reason = reason;
+    this.entryName = entryName;
+  }
+}

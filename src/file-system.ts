@@ -9,6 +9,15 @@ export function errorCode(error: unknown): string {
   return (error as NodeJS.ErrnoException | undefined)?.code ?? '';
 }
 
+/**
+ * Whether `error` is a system call's failure (`ENOSPC`, `EACCES`, `EIO`...): the disk's or the operating
+ * system's fault, to be passed on unchanged rather than blamed on the data being read.
+ */
+export function isSystemCallError(error: unknown): boolean {
+  const errno = error as NodeJS.ErrnoException | undefined;
+  return typeof errno?.syscall === 'string' && typeof errno.code === 'string';
+}
+
 /** `lstat`, or `undefined` when nothing is there. */
 export async function lstatOrUndefined(filePath: string): Promise<Stats | undefined> {
   try {

@@ -1,6 +1,13 @@
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { classifyName, entryPaths, tmpPathFor, validateKey } from '../src/entry-paths.js';
+import {
+  classifyName,
+  entryPaths,
+  extractionPaths,
+  MAX_KEY_BYTES,
+  tmpPathFor,
+  validateKey,
+} from '../src/entry-paths.js';
 import { InvalidKeyError, PayloadCacheError } from '../src/errors.js';
 
 const bytes = (text: string) => Buffer.byteLength(text, 'utf8');
@@ -54,6 +61,8 @@ describe('validateKey rejects hostile keys, naming the rule', () => {
     ['lpt1.zip', 'lpt1.zip', /reserved/],
     ['the cache directory tag', 'CACHEDIR.TAG', /CACHEDIR\.TAG/],
     ['the cache directory tag in lower case', 'cachedir.tag', /CACHEDIR\.TAG/],
+    ['the name of an extraction directory', 'weo.zip.extracted.0123456789abcdef', /extraction/],
+    ['the name of an extraction directory, upper case', 'WEO.ZIP.EXTRACTED.0123456789ABCDEF', /extraction/],
     ['a trailing dot', 'data.', /dot/],
     ['a trailing space', 'data ', /space/],
     ['a colon (NTFS stream)', 'a:b', /:/],
@@ -92,6 +101,9 @@ describe('validateKey accepts good keys unchanged', () => {
     'CONSOLE.txt',
     'com10',
     'x.manifest.json.bak',
+    'weo.zip.extracted.csv',
+    'weo.zip.extracted.0123456789abcdef.bak',
+    'weo.zip.extracted.0123456789abcde',
     'a.tmp',
     'tmp.b',
     'a'.repeat(200),
@@ -204,5 +216,29 @@ describe('entryPaths', () => {
     for (const file of [paths.payload, paths.manifest, paths.lock]) {
       expect(path.dirname(file)).toBe(dir);
     }
+  });
+});
+
+describe('extractionPaths', () => {
+  it('names the directory after the key and the first 16 hex digits of the sha256, in lower case', () => {
+    const dir = path.join(path.sep, 'cache', 'imf');
+    const sha = `0123456789ABCDEF${'0'.repeat(48)}`;
+    const paths = extractionPaths(dir, 'weo.zip', sha);
+    const extractionDir = path.join(dir, 'weo.zip.extracted.0123456789abcdef');
+    expect(paths).toEqual({
+      key: 'weo.zip',
+      archiveSha256: sha.toLowerCase(),
+      dir: extractionDir,
+      marker: path.join(extractionDir, 'extraction.json'),
+      fileList: path.join(extractionDir, 'files.jsonl'),
+      content: path.join(extractionDir, 'content'),
+    });
+    // What a key may never be, so no payload can collide with an extraction.
+    expect(() => validateKey(path.basename(paths.dir))).toThrow(/extraction/);
+  });
+
+  it('keeps the directory name within 255 bytes for the longest key', () => {
+    const paths = extractionPaths(path.sep, 'é'.repeat(MAX_KEY_BYTES / 2), 'f'.repeat(64));
+    expect(Buffer.byteLength(path.basename(paths.dir))).toBeLessThanOrEqual(255);
   });
 });

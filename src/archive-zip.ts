@@ -1,0 +1,157 @@
+import type { Readable } from 'node:stream';
+import { crc32 } from 'node:zlib';
+import { type Entry, getFileNameLowLevel, open, type ZipFile } from 'yauzl';
+import type { EntrySink } from './archive-extract.js';
+import type { EntryHeader, EntryKind } from './archive-safety.js';
+import { ArchiveInvalidError, PayloadCacheError } from './errors.js';
+
+/**
+ * Reads a zip with yauzl 3: through the central directory (never by scanning local headers, which a
+ * hostile zip can make disagree with it), one entry at a time (`lazyEntries`), each entry held to its
+ * declared size (`validateEntrySizes`). Names are decoded here with yauzl's own decoder in strict mode and
+ * judged by our rules, not yauzl's: its default mode turns `\` into `/`, and its refusals are untyped.
+ */
+
+// "Version made by" hosts whose external attributes carry a Unix mode in their upper 16 bits.
+const UNIX_HOSTS = new Set([3 /* Unix */, 19 /* OS X */]);
+const FILE_TYPE_BITS = 0o170000;
+const UNIX_TYPES: ReadonlyMap<number, { kind: EntryKind; label: string }> = new Map([
+  [0o100000, { kind: 'file', label: 'regular file' }],
+  [0o040000, { kind: 'directory', label: 'directory' }],
+  [0o120000, { kind: 'symlink', label: 'symbolic link' }],
+  [0o020000, { kind: 'special-file', label: 'character device' }],
+  [0o060000, { kind: 'special-file', label: 'block device' }],
+  [0o010000, { kind: 'special-file', label: 'FIFO' }],
+  [0o140000, { kind: 'special-file', label: 'socket' }],
+]);
+const STORED = 0;
+const DEFLATED = 8;
+
+/** Feeds every entry of the zip at `archivePath` to `sink`, in central-directory order. */
+export async function readZip(archivePath: string, sink: EntrySink): Promise<void> {
+  const zipfile = await openZip(archivePath);
+  try {
+    sink.checkEntryCount(zipfile.entryCount);
+    for (;;) {
+      const entry = await nextEntry(zipfile);
+      if (!entry) break;
+      const header = zipEntryHeader(entry);
+      await sink.accept(header, () => openBody(zipfile, entry, header.name));
+    }
+  } finally {
+    zipfile.close();
+  }
+}
+
+function openZip(archivePath: string): Promise<ZipFile> {
+  const options = {
+    lazyEntries: true,
+    autoClose: false,
+    decodeStrings: false,
+    validateEntrySizes: true,
+    strictFileNames: true,
+  };
+  return new Promise((resolve, reject) => {
+    open(archivePath, options, (error, zipfile) => {
+      if (error || !zipfile) reject(corrupt(undefined, error));
+      else resolve(zipfile);
+    });
+  });
+}
+
+/** The next central-directory record, or `undefined` after the last. */
+function nextEntry(zipfile: ZipFile): Promise<Entry | undefined> {
+  return new Promise((resolve, reject) => {
+    const onEntry = (entry: Entry) => settle(() => resolve(entry));
+    const onEnd = () => settle(() => resolve(undefined));
+    const onError = (error: unknown) => settle(() => reject(corrupt(undefined, error)));
+    const settle = (action: () => void) => {
+      zipfile.off('entry', onEntry);
+      zipfile.off('end', onEnd);
+      zipfile.off('error', onError);
+      action();
+    };
+    zipfile.on('entry', onEntry);
+    zipfile.on('end', onEnd);
+    zipfile.on('error', onError);
+    zipfile.readEntry();
+  });
+}
+
+/** An entry in the rules' terms. Only a Unix host's mode is believed; others' attributes mean nothing here. */
+export function zipEntryHeader(entry: Entry): EntryHeader {
+  const name = getFileNameLowLevel(
+    entry.generalPurposeBitFlag,
+    entry.fileNameRaw,
+    entry.extraFields,
+    true, // strict: keep backslashes as they are, so the rules can refuse them
+  );
+  const unixMode = UNIX_HOSTS.has(entry.versionMadeBy >> 8) ? entry.externalFileAttributes >>> 16 : 0;
+  const unixType = UNIX_TYPES.get(unixMode & FILE_TYPE_BITS);
+  const mode = unixMode === 0 ? undefined : unixMode & 0o7777;
+  let kind: EntryKind;
+  let label: string;
+  if (unixType && unixType.kind !== 'file' && unixType.kind !== 'directory') {
+    ({ kind, label } = unixType);
+  } else if (name.endsWith('/') || unixType?.kind === 'directory') {
+    kind = 'directory';
+    label = 'directory';
+  } else if (unixMode === 0 || unixType) {
+    kind = 'file';
+    label = 'regular file';
+  } else {
+    kind = 'unsupported';
+    label = `unknown (mode ${unixMode.toString(8)})`;
+  }
+  const declaredBytes = kind === 'file' ? entry.uncompressedSize : 0;
+  return { name, kind, mode, declaredBytes, typeLabel: label };
+}
+
+/** The entry's content, inflated, held to its declared size and CRC-32 as it streams. */
+async function openBody(zipfile: ZipFile, entry: Entry, name: string) {
+  if (entry.isEncrypted()) throw new ArchiveInvalidError('unsupported', name, 'the entry is encrypted');
+  if (entry.compressionMethod !== STORED && entry.compressionMethod !== DEFLATED) {
+    throw new ArchiveInvalidError(
+      'unsupported',
+      name,
+      `compression method ${entry.compressionMethod} (only stored and deflate are read)`,
+    );
+  }
+  const stream = await new Promise<Readable>((resolve, reject) => {
+    zipfile.openReadStream(entry, (error, readStream) => {
+      if (error || !readStream) reject(corrupt(name, error));
+      else resolve(readStream);
+    });
+  });
+  return checkedContent(stream, entry, name);
+}
+
+async function* checkedContent(stream: Readable, entry: Entry, name: string): AsyncGenerator<Uint8Array> {
+  let checksum = 0;
+  let sizeBytes = 0;
+  try {
+    for await (const chunk of stream) {
+      const bytes = chunk as Buffer;
+      checksum = crc32(bytes, checksum);
+      sizeBytes += bytes.byteLength;
+      yield bytes;
+    }
+  } catch (error) {
+    throw corrupt(name, error);
+  } finally {
+    stream.destroy();
+  }
+  if (sizeBytes !== entry.uncompressedSize) {
+    throw new ArchiveInvalidError('corrupt', name, `${sizeBytes} bytes, ${entry.uncompressedSize} declared`);
+  }
+  if (checksum !== entry.crc32) {
+    throw new ArchiveInvalidError('corrupt', name, 'CRC-32 mismatch: the content is damaged');
+  }
+}
+
+/** yauzl's and zlib's errors become ArchiveInvalidError; our own errors pass through unchanged. */
+function corrupt(name: string | undefined, error: unknown): unknown {
+  if (error instanceof PayloadCacheError) return error;
+  const detail = error instanceof Error ? error.message : 'the zip could not be read';
+  return new ArchiveInvalidError('corrupt', name, detail, { cause: error });
+}
