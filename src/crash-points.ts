@@ -16,7 +16,9 @@ export type PublishPhase =
   | 'sealed'
   | 'manifest-removed'
   | 'renamed'
-  | 'manifest-written';
+  | 'manifest-written'
+  | 'extracting'
+  | 'extracted';
 
 const pauseAt = process.env.PAYLOAD_CACHE_TEST_PAUSE_AT;
 const pauseFile = process.env.PAYLOAD_CACHE_TEST_PAUSE_FILE;

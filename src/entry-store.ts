@@ -72,11 +72,24 @@ export async function touchEntry(
   nowMs: number,
   touchIntervalMs: number,
 ): Promise<void> {
+  await touchFile(paths.payload, lastUsedAtMs, nowMs, touchIntervalMs);
+}
+
+/**
+ * Sets `filePath`'s mtime (a last-used time) to `nowMs` unless it was set less than `touchIntervalMs` ago:
+ * a payload's, or an extraction's marker's. Best-effort, like {@link touchEntry}.
+ */
+export async function touchFile(
+  filePath: string,
+  lastUsedAtMs: number,
+  nowMs: number,
+  touchIntervalMs: number,
+): Promise<void> {
   if (nowMs - lastUsedAtMs < touchIntervalMs) return;
   const when = new Date(nowMs);
-  await fsp.lutimes(paths.payload, when, when).catch(async (error: unknown) => {
+  await fsp.lutimes(filePath, when, when).catch(async (error: unknown) => {
     // POSIX only: that is where EPERM means "not the owner" (Windows answers it for a file held open).
-    if (errorCode(error) === 'EPERM' && process.platform !== 'win32') await touchAsGroupMember(paths.payload);
+    if (errorCode(error) === 'EPERM' && process.platform !== 'win32') await touchAsGroupMember(filePath);
   });
 }
 
