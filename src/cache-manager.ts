@@ -2,7 +2,14 @@ import { raceAbort } from './abort.js';
 import { PayloadWriter } from './atomic-writer.js';
 import { resolveRoot } from './cache-root.js';
 import { crashPoint } from './crash-points.js';
-import { type EntryPaths, entryPaths, sublayerDir, validateKey } from './entry-paths.js';
+import {
+  type EntryPaths,
+  type ExtractionPaths,
+  entryPaths,
+  extractionPaths,
+  sublayerDir,
+  validateKey,
+} from './entry-paths.js';
 import {
   commitEntry,
   type EntryState,
@@ -22,6 +29,7 @@ import {
   OfflineMissError,
 } from './errors.js';
 import { evict } from './evictor.js';
+import type { FoundExtraction, PreparedExtraction } from './extraction-store.js';
 import { asFetchedBody, checkIntegrity, oversizeGuard, releaseResult, runValidator } from './fetch-result.js';
 import { ensureRealDir, errorCode, isRealDir } from './file-system.js';
 import { FlightTable } from './flight.js';
@@ -31,10 +39,12 @@ import type { Freshness } from './manifest.js';
 import { type CacheStats, Observer } from './observability.js';
 import {
   type CacheManagerOptions,
+  type ExtractionRequest,
   isOffline,
   readOnlyRootsOf,
   resolveSettings,
   type Settings,
+  validateExtractArgs,
   validateFetchArgs,
 } from './options.js';
 import { tryLock, waitForLock } from './soft-lock.js';
@@ -45,6 +55,7 @@ import {
   type FetchedBody,
   type FetchFn,
   type FetchResult,
+  type GetOrExtractOptions,
   type GetOrFetchOptions,
   type JanitorPlan,
   NOT_MODIFIED,
@@ -53,6 +64,23 @@ import {
 } from './types.js';
 
 const flights = new FlightTable<string>();
+// getOrExtract's flights are apart from getOrFetch's: a caller joining one gets what that flight returns.
+const EXTRACTION_FLIGHT_SUFFIX = '\u0000extract';
+
+/** What a call returns for a fresh entry: the payload (getOrFetch), or the directory of its extraction. */
+type Delivery =
+  | { readonly kind: 'payload' }
+  | { readonly kind: 'extraction'; readonly request: ExtractionRequest };
+const PAYLOAD: Delivery = { kind: 'payload' };
+
+/** An extraction found on disk, with the paths it was found at. */
+interface LocatedExtraction {
+  readonly target: ExtractionPaths;
+  readonly extraction: FoundExtraction;
+}
+
+/** The extraction code (and with it the archive libraries) is loaded by the first getOrExtract only. */
+const extractionStore = () => import('./extraction-store.js');
 const taggedRoots = new Set<string>();
 
 /** Settles when the background orphan sweep started by a manager's first operation has finished. */
@@ -100,57 +128,106 @@ export class CacheManager {
    */
   async getOrFetch(key: string, fetchFn: FetchFn, options: GetOrFetchOptions = {}): Promise<string> {
     try {
-      return await this.#getOrFetch(key, fetchFn, options);
+      validateKey(key);
+      validateFetchArgs(fetchFn, options);
+      return await this.#getOrFetch(key, fetchFn, options, PAYLOAD);
     } catch (error) {
       this.#observer.failed(error);
       throw error;
     }
   }
 
-  async #getOrFetch(key: string, fetchFn: FetchFn, options: GetOrFetchOptions): Promise<string> {
-    validateKey(key);
-    validateFetchArgs(fetchFn, options);
+  /**
+   * The path of a directory holding the extracted archive of a fresh entry for `key`, complete and
+   * validated, fetching and extracting first on a miss. The archive stays a normal entry (TTL, ETag
+   * revalidation, `NOT_MODIFIED`, `verify`); its extraction is tied to its sha256: a new archive gets a new
+   * directory, an unchanged one (304) keeps it. A new archive is extracted before it is published, so a
+   * hostile one (ArchiveUnsafeError) or an unreadable one (ArchiveInvalidError) publishes nothing and the
+   * previous entry stays. One download and one extraction per key across threads, processes and hosts, as
+   * for getOrFetch. Read-only roots are not consulted yet; offline, only an existing extraction is served.
+   */
+  async getOrExtract(key: string, fetchFn: FetchFn, options: GetOrExtractOptions = {}): Promise<string> {
+    try {
+      validateKey(key);
+      const request = validateExtractArgs(fetchFn, options);
+      return await this.#getOrFetch(key, fetchFn, options, { kind: 'extraction', request });
+    } catch (error) {
+      this.#observer.failed(error);
+      throw error;
+    }
+  }
+
+  async #getOrFetch(key: string, fetchFn: FetchFn, options: GetOrFetchOptions, delivery: Delivery) {
     // An aborted call touches nothing: no directory, no tag, no sweep.
     options.signal?.throwIfAborted();
     const scope = this.#scope();
     const paths = entryPaths(scope.dir, key);
     const refresh = options.refresh === true;
+    const flightKey = delivery.kind === 'payload' ? paths.payload : paths.payload + EXTRACTION_FLIGHT_SUFFIX;
     // The common case first: with nothing in flight for this entry, a hit needs no flight bookkeeping.
-    if (!refresh && !flights.has(paths.payload)) {
+    if (!refresh && !flights.has(flightKey)) {
       this.#sweepOnce(scope);
       const found = await lookupEntry(paths, scope.freshness);
-      if (found.state === 'fresh') return this.#serve(paths, found, scope);
+      if (found.state === 'fresh') {
+        const served = await this.#serveIfReady(paths, found, scope, delivery);
+        if (served !== undefined) return served;
+      }
     }
-    if (isOffline(this.#settings)) return this.#serveOffline(key, scope);
-    if (!refresh) {
+    if (isOffline(this.#settings)) {
+      return delivery.kind === 'payload'
+        ? this.#serveOffline(key, scope)
+        : this.#serveExtractionAsIs(paths, scope);
+    }
+    if (!refresh && delivery.kind === 'payload') {
       const shared = await findInLayers(scope.layers.slice(1), key, scope.freshness, false);
       if (shared) return this.#serveLayered(shared, scope);
     }
     try {
-      return await flights.run(paths.payload, refresh, options.signal, (signal) =>
-        this.#hitOrFetch(paths, fetchFn, options, signal),
+      return await flights.run(flightKey, refresh, options.signal, (signal) =>
+        this.#hitOrFetch(paths, fetchFn, options, signal, delivery),
       );
     } catch (error) {
-      return this.#serveStale(paths, options, error);
+      return this.#serveStale(paths, options, error, delivery);
     }
   }
 
-  async #hitOrFetch(paths: EntryPaths, fetchFn: FetchFn, options: GetOrFetchOptions, signal: AbortSignal) {
+  async #hitOrFetch(
+    paths: EntryPaths,
+    fetchFn: FetchFn,
+    options: GetOrFetchOptions,
+    signal: AbortSignal,
+    delivery: Delivery,
+  ) {
     const scope = this.#scope();
     this.#sweepOnce(scope);
     const found = await lookupEntry(paths, scope.freshness);
-    if (found.state === 'fresh' && !options.refresh) return this.#serve(paths, found, scope);
-    this.#observer.miss(paths.key, found.state === 'fresh' ? 'refresh' : found.state);
-    return this.#fetchUnderLock(paths, fetchFn, options, signal);
+    if (found.state === 'fresh' && !options.refresh) {
+      const served = await this.#serveIfReady(paths, found, scope, delivery);
+      if (served !== undefined) return served;
+    }
+    const reason = found.state !== 'fresh' ? found.state : options.refresh ? 'refresh' : 'not-extracted';
+    this.#observer.miss(paths.key, reason);
+    return this.#fetchUnderLock(paths, fetchFn, options, signal, delivery);
   }
 
   /**
    * Step 7's fallback, per caller: a caller that joined someone else's fetch gets its own `staleIfError`,
    * whatever the first caller asked for.
    */
-  async #serveStale(paths: EntryPaths, options: GetOrFetchOptions, error: unknown): Promise<string> {
+  async #serveStale(
+    paths: EntryPaths,
+    options: GetOrFetchOptions,
+    error: unknown,
+    delivery: Delivery,
+  ): Promise<string> {
     if (!options.staleIfError || options.signal?.aborted || isUsageError(error)) throw error;
     const scope = this.#scope();
+    if (delivery.kind === 'extraction') {
+      const served = await this.#serveExtractionAsIs(paths, scope).catch(() => undefined);
+      if (served === undefined) throw error;
+      this.#observer.staleServed(paths.key, served, error);
+      return served;
+    }
     const fallback = await findInLayers(scope.layers, paths.key, scope.freshness, true);
     if (!fallback) throw error;
     this.#observer.staleServed(paths.key, fallback.paths.payload, error);
@@ -173,6 +250,7 @@ export class CacheManager {
     fetchFn: FetchFn,
     options: GetOrFetchOptions,
     signal: AbortSignal,
+    delivery: Delivery,
   ) {
     const { root, dir } = this.#scope();
     const { modes } = this.#settings;
@@ -189,43 +267,58 @@ export class CacheManager {
       // Someone removed the sublayer while we waited: make it again and go on waiting.
       recreateDir: () => ensureRealDir(dir, modes),
       onStillWaiting: (waitedMs, holder) => this.#observer.stillWaiting(paths.key, waitedMs, holder),
-      // Another writer holds the key: if it has published a fresh entry, serve it without the lock.
+      // Another writer holds the key: if it has published a fresh entry (and, for getOrExtract, its
+      // extraction), serve it without the lock.
       satisfied: async () => {
         if (options.refresh) return false;
         meanwhile.found = await lookupEntry(paths, this.#scope().freshness);
-        return meanwhile.found.state === 'fresh';
+        if (meanwhile.found.state !== 'fresh') return false;
+        return (
+          delivery.kind === 'payload' || (await this.#findExtraction(paths, meanwhile.found)) !== undefined
+        );
       },
     }).catch(explainReadOnly(root));
     if (!lock) {
       this.#observer.lockWaited(paths.key, Date.now() - waitStartedAt);
-      if (meanwhile.found?.state !== 'fresh') throw new Error('lock wait ended without a fresh entry');
-      return this.#serve(paths, meanwhile.found, this.#scope());
+      const found = meanwhile.found;
+      const served =
+        found?.state === 'fresh' && (await this.#serveIfReady(paths, found, this.#scope(), delivery));
+      if (!served) throw new Error('lock wait ended without a fresh entry');
+      return served;
     }
     this.#observer.lockWaited(paths.key, lock.waitedMs);
     try {
       await crashPoint('locked');
       const scope = this.#scope();
       const found = await lookupEntry(paths, scope.freshness);
-      if (found.state === 'fresh' && !options.refresh) return this.#serve(paths, found, scope);
+      if (found.state === 'fresh' && !options.refresh) {
+        if (delivery.kind === 'payload') return this.#serve(paths, found, scope);
+        return this.#extractUnderLock(paths, found.manifest.sha256, delivery.request, signal);
+      }
       const previous =
         found.state === 'absent' ? undefined : { path: paths.payload, manifest: found.manifest };
-      await this.#fetchAndPublish(paths, previous, fetchFn, options, signal);
+      const sha256 = await this.#fetchAndPublish(paths, previous, fetchFn, options, signal, delivery);
       const eviction = await evict(this.#policy(this.#scope()), paths.key).catch(() => undefined);
       if (eviction) this.#observer.evicted(eviction.removed);
-      return paths.payload;
+      if (delivery.kind === 'payload') return paths.payload;
+      return this.#extractUnderLock(paths, sha256, delivery.request, signal);
     } finally {
       await lock.release();
     }
   }
 
-  /** Steps 5 and 6: call the fetcher, then renew the entry (NOT_MODIFIED) or stream and commit the new one. */
+  /**
+   * Steps 5 and 6: call the fetcher, then renew the entry (NOT_MODIFIED) or stream and commit the new one.
+   * Resolves with the sha256 of the entry now in place, when it is known.
+   */
   async #fetchAndPublish(
     paths: EntryPaths,
     previous: FetchContext['previous'],
     fetchFn: FetchFn,
     options: GetOrFetchOptions,
     signal: AbortSignal,
-  ): Promise<void> {
+    delivery: Delivery,
+  ): Promise<string | undefined> {
     const startedAt = performance.now();
     this.#observer.fetchStarted(paths.key, previous !== undefined);
     let writer: PayloadWriter | undefined;
@@ -247,32 +340,39 @@ export class CacheManager {
           throw new InvalidOptionsError(`fetchFn answered NOT_MODIFIED but "${paths.key}" has no entry`);
         if (await renewEntry(paths, previous.manifest, this.#now(), this.#settings.modes)) {
           this.#observer.fetchEnded(paths.key, 'not-modified', performance.now() - startedAt);
-          return;
+          return previous.manifest.sha256;
         }
         // The entry the fetcher judged unchanged is not there any more (deleted, or replaced meanwhile):
         // "not modified" says nothing about what is on disk now, so fetch it whole.
-        return this.#fetchAndPublish(paths, undefined, fetchFn, options, signal);
+        return this.#fetchAndPublish(paths, undefined, fetchFn, options, signal, delivery);
       }
       const fetched = asFetchedBody(result);
       const { modes } = this.#settings;
       writer = await PayloadWriter.create(paths.payload, () => ensureRealDir(paths.dir, modes), modes);
-      await this.#writeAndPublish(paths, writer, fetched, options, signal);
+      await this.#writeAndPublish(paths, writer, fetched, options, signal, delivery);
       const sizeBytes = writer.sizeBytes;
       this.#observer.fetchEnded(paths.key, 'written', performance.now() - startedAt, { sizeBytes });
+      return writer.sha256;
     } catch (error) {
       this.#observer.fetchEnded(paths.key, 'failed', performance.now() - startedAt, { error });
       throw error;
     }
   }
 
-  /** Streams, checks and validates the payload in its tmp file, then commits it; on any failure the tmp file goes. */
+  /**
+   * Streams, checks and validates the payload in its tmp file, then commits it; on any failure the tmp file
+   * goes. For getOrExtract the sealed tmp file is extracted before the commit (a refused archive publishes
+   * nothing), and the extraction is published right after it.
+   */
   async #writeAndPublish(
     paths: EntryPaths,
     writer: PayloadWriter,
     fetched: FetchedBody,
     options: GetOrFetchOptions,
     signal: AbortSignal,
+    delivery: Delivery,
   ): Promise<void> {
+    let prepared: PreparedExtraction | undefined;
     try {
       await writer.writeBody(fetched.body, signal, oversizeGuard(paths.key, fetched));
       checkIntegrity(paths.key, writer, fetched);
@@ -281,12 +381,124 @@ export class CacheManager {
       const nowMs = this.#now();
       await writer.seal(nowMs);
       await crashPoint('sealed');
+      const extraction =
+        delivery.kind === 'extraction'
+          ? this.#extraction(paths, writer.sha256, delivery.request, nowMs, signal)
+          : undefined;
+      prepared = await extraction?.prepare(writer.tmpPath);
       const facts = { createdAtMs: nowMs, etag: fetched.etag, lastModified: fetched.lastModified };
       await commitEntry(paths, writer, facts, this.#settings.modes);
+      if (prepared) await extraction?.publish(prepared);
     } catch (error) {
+      await prepared?.discard();
       await writer.discard();
       throw error;
     }
+  }
+
+  /**
+   * Under the key's lock, with the entry in place: its extraction for `sha256` (the manifest's, or the
+   * payload's own hash when an old manifest has none), made from the committed payload if it is missing.
+   */
+  async #extractUnderLock(
+    paths: EntryPaths,
+    sha256: string | undefined,
+    request: ExtractionRequest,
+    signal: AbortSignal,
+  ): Promise<string> {
+    const store = await extractionStore();
+    const archiveSha256 = sha256 ?? (await store.sha256OfFile(paths.payload));
+    const target = extractionPaths(paths.dir, paths.key, archiveSha256);
+    let extraction = await store.lookupExtraction(target);
+    if (!extraction) {
+      const steps = this.#extraction(paths, archiveSha256, request, this.#now(), signal);
+      await steps.publish(await steps.prepare(paths.payload));
+      extraction = await store.lookupExtraction(target);
+    }
+    if (!extraction) throw new Error(`the extraction of "${paths.key}" vanished as it was published`);
+    return this.#serveExtraction(paths, { target, extraction }, this.#scope());
+  }
+
+  /** The two steps of extracting `paths`' archive of `sha256`, each reported to the observer. */
+  #extraction(
+    paths: EntryPaths,
+    sha256: string,
+    request: ExtractionRequest,
+    nowMs: number,
+    signal: AbortSignal,
+  ) {
+    const target = extractionPaths(paths.dir, paths.key, sha256);
+    const startedAt = performance.now();
+    const report = <T>(step: Promise<T>, outcome?: (value: T) => 'published' | 'already-published') =>
+      step.then(
+        (value) => {
+          if (outcome)
+            this.#observer.extracted(
+              paths.key,
+              target.content,
+              outcome(value),
+              performance.now() - startedAt,
+            );
+          return value;
+        },
+        (error: unknown) => {
+          this.#observer.extracted(paths.key, target.content, 'failed', performance.now() - startedAt, {
+            error,
+          });
+          throw error;
+        },
+      );
+    return {
+      prepare: async (archivePath: string) => {
+        const store = await extractionStore();
+        const options = { ...request, nowMs, modes: this.#settings.modes, signal };
+        return report(store.prepareExtraction(target, archivePath, options));
+      },
+      publish: (prepared: PreparedExtraction) => report(prepared.publish(), (outcome) => outcome),
+    };
+  }
+
+  /** A fresh entry's path for this delivery: the payload, or its extraction when there is one. */
+  async #serveIfReady(
+    paths: EntryPaths,
+    found: Exclude<EntryState, { state: 'absent' }>,
+    scope: Scope,
+    delivery: Delivery,
+  ): Promise<string | undefined> {
+    if (delivery.kind === 'payload') return this.#serve(paths, found, scope);
+    const located = await this.#findExtraction(paths, found);
+    if (!located) return undefined;
+    await touchEntry(paths, found.lastUsedAtMs, scope.nowMs, this.#settings.touchIntervalMs);
+    return this.#serveExtraction(paths, located, scope);
+  }
+
+  /** The entry's extraction, when there is one: the manifest's sha256 names it, its marker confirms it. */
+  async #findExtraction(
+    paths: EntryPaths,
+    found: Exclude<EntryState, { state: 'absent' }>,
+  ): Promise<LocatedExtraction | undefined> {
+    const sha256 = found.manifest.sha256;
+    if (sha256 === undefined) return undefined;
+    const target = extractionPaths(paths.dir, paths.key, sha256);
+    const extraction = await (await extractionStore()).lookupExtraction(target);
+    return extraction && { target, extraction };
+  }
+
+  /** Records a use of the extraction and returns its content directory. */
+  async #serveExtraction(paths: EntryPaths, located: LocatedExtraction, scope: Scope): Promise<string> {
+    const { target, extraction } = located;
+    const store = await extractionStore();
+    await store.touchExtraction(target, extraction.lastUsedAtMs, scope.nowMs, this.#settings.touchIntervalMs);
+    this.#observer.hit(paths.key, target.content);
+    return target.content;
+  }
+
+  /** Offline or after a failure: an existing extraction of the entry as it is (fresh or expired), or a miss. */
+  async #serveExtractionAsIs(paths: EntryPaths, scope: Scope): Promise<string> {
+    const found = await lookupEntry(paths, scope.freshness);
+    const located = found.state === 'absent' ? undefined : await this.#findExtraction(paths, found);
+    if (!located) throw new OfflineMissError(paths.key, this.sublayer, [scope.root]);
+    return this.#serveExtraction(paths, located, scope);
   }
 
   async #serve(

@@ -1,6 +1,11 @@
+export type { ArchiveFormat } from './archive-safety.js';
 export { CacheManager } from './cache-manager.js';
 export { getCacheDir, resetCacheDir, setCacheDir } from './cache-root.js';
 export {
+  ArchiveInvalidError,
+  type ArchiveInvalidReason,
+  ArchiveUnsafeError,
+  type ArchiveUnsafeReason,
   BulkPayloadCorruptError,
   CacheReadOnlyError,
   type CorruptReason,
@@ -28,6 +33,7 @@ export {
   type FetchResult,
   type ForeignItem,
   type ForeignReason,
+  type GetOrExtractOptions,
   type GetOrFetchOptions,
   type JanitorPlan,
   type KeptItem,

@@ -14,6 +14,7 @@ export const channels = {
   evict: diagnosticsChannel.channel('payload-cache:evict'),
   lockWait: diagnosticsChannel.channel('payload-cache:lock:wait'),
   stale: diagnosticsChannel.channel('payload-cache:stale'),
+  extract: diagnosticsChannel.channel('payload-cache:extract'),
 };
 
 /** `NODE_DEBUG=payload-cache` turns these lines on. */
@@ -46,7 +47,8 @@ export interface CacheStats {
   errors: Record<string, number>;
 }
 
-export type MissReason = 'absent' | 'expired' | 'refresh';
+/** `not-extracted`: `getOrExtract` found the archive fresh, but no extraction of it. */
+export type MissReason = 'absent' | 'expired' | 'refresh' | 'not-extracted';
 
 /** Counts, publishes and debug-logs what one manager does; every method is cheap when nobody listens. */
 export class Observer {
@@ -128,6 +130,20 @@ export class Observer {
   staleServedOffline(key: string, path: string): void {
     this.#stats.staleServedOffline += 1;
     this.#emit(channels.stale, 'stale', { key, path, offline: true });
+  }
+
+  /**
+   * An extraction ended: `published` (this call made it), `already-published` (another writer's, same
+   * archive, was there first) or `failed`.
+   */
+  extracted(
+    key: string,
+    path: string,
+    outcome: 'published' | 'already-published' | 'failed',
+    durationMs: number,
+    details: { error?: unknown } = {},
+  ): void {
+    this.#emit(channels.extract, 'extract', { key, path, outcome, durationMs, ...details });
   }
 
   failed(error: unknown): void {

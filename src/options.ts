@@ -1,9 +1,15 @@
 import path from 'node:path';
+import {
+  ARCHIVE_FORMATS,
+  type ArchiveFormat,
+  type ExtractionLimits,
+  resolveLimits,
+} from './archive-safety.js';
 import { validateKey } from './entry-paths.js';
 import { InvalidOptionsError } from './errors.js';
 import { type CreateModes, GROUP_SHARED_MODES } from './file-system.js';
 import { MIN_LOCK_STALE_MS } from './soft-lock.js';
-import type { GetOrFetchOptions } from './types.js';
+import type { GetOrExtractOptions, GetOrFetchOptions } from './types.js';
 
 /**
  * Options of `new CacheManager()`, validated in the constructor: a bad value or an unknown option name
@@ -163,6 +169,28 @@ export function isOffline(settings: Settings): boolean {
   throw new InvalidOptionsError(
     `PAYLOAD_CACHE_OFFLINE must be 1, true, yes or on (or 0, false, no, off), got "${process.env.PAYLOAD_CACHE_OFFLINE}"`,
   );
+}
+
+/**
+ * Validates a `getOrExtract` call's fetcher and options, the extraction's included, and returns what the
+ * extraction core takes (the key is checked separately).
+ */
+export function validateExtractArgs(fetchFn: unknown, options: unknown): ExtractionRequest {
+  validateFetchArgs(fetchFn, options);
+  const { format, maxEntries, maxExtractedBytes, maxCompressionRatio } = (options ??
+    {}) as GetOrExtractOptions;
+  if (format !== undefined && !ARCHIVE_FORMATS.includes(format)) {
+    throw new InvalidOptionsError(
+      `format must be one of ${ARCHIVE_FORMATS.join(', ')}, got ${String(format)}`,
+    );
+  }
+  const limits = resolveLimits({ maxEntries, maxExtractedBytes, maxCompressionRatio });
+  return format === undefined ? limits : { ...limits, format };
+}
+
+/** What `getOrExtract` hands the extraction core besides the archive: the format if given, the limits. */
+export interface ExtractionRequest extends ExtractionLimits {
+  readonly format?: ArchiveFormat;
 }
 
 /** Validates a `getOrFetch` call's fetcher and options (the key is checked separately). */

@@ -1,3 +1,4 @@
+import type { ArchiveFormat } from './archive-safety.js';
 import type { Manifest } from './manifest.js';
 
 /** Answer of a fetcher meaning "the previous entry is still current": the entry is renewed, not re-downloaded. */
@@ -90,6 +91,21 @@ export interface GetOrFetchOptions {
    * exists, return its path instead of the error. Invalid input and aborts still reject.
    */
   staleIfError?: boolean;
+}
+
+/**
+ * `getOrExtract` options: those of `getOrFetch`, plus the archive's format and the extraction's limits.
+ * The validator runs on the archive's tmp file, before it is extracted.
+ */
+export interface GetOrExtractOptions extends GetOrFetchOptions {
+  /** `zip`, `tar`, `tar.gz` or `gzip` (one compressed file); detected from the archive's bytes when not given. */
+  format?: ArchiveFormat;
+  /** Most entries the archive may list; default 100,000. */
+  maxEntries?: number;
+  /** Most bytes of extracted content, all files together; default 64 GiB. */
+  maxExtractedBytes?: number;
+  /** Most bytes of extracted content per byte of archive, over the whole archive; default 200. */
+  maxCompressionRatio?: number;
 }
 
 /** One committed entry, as `list()` reports it. */

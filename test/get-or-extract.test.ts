@@ -1,0 +1,243 @@
+import { spawn } from 'node:child_process';
+import diagnosticsChannel from 'node:diagnostics_channel';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { CacheManager } from '../src/cache-manager.js';
+import { ArchiveUnsafeError, InvalidOptionsError } from '../src/errors.js';
+import { type FetchFn, NOT_MODIFIED } from '../src/types.js';
+import { buildZip } from './archive-builders.js';
+import { makeTempDir, manualClock, patternBytes, rejectionOf, removeTempDirs, sha256 } from './helpers.js';
+
+afterEach(removeTempDirs);
+
+const SUBLAYER = 'archives';
+const KEY = 'weo.zip';
+
+const goodZip = (seed = 1) =>
+  buildZip([
+    { name: 'weo/README.txt', content: `release ${seed}\n` },
+    { name: 'weo/gdp.csv', content: patternBytes(200_000, seed) },
+  ]);
+
+/** A fetcher serving `bytes` (or what `next()` says), counting its calls. */
+function counting(answer: () => Buffer | typeof NOT_MODIFIED) {
+  const calls: { previous: boolean }[] = [];
+  const fetchFn: FetchFn = (context) => {
+    calls.push({ previous: context.previous !== undefined });
+    const result = answer();
+    return result === NOT_MODIFIED ? NOT_MODIFIED : { body: result, etag: `"${sha256(result).slice(0, 8)}"` };
+  };
+  return { fetchFn, calls };
+}
+
+async function manager(options: { ttl?: number; now?: () => number } = {}) {
+  const root = await makeTempDir('payload-cache-extract-');
+  const cache = new CacheManager({ sublayer: SUBLAYER, ttl: Number.POSITIVE_INFINITY, root, ...options });
+  return { root, cache, dir: path.join(root, SUBLAYER) };
+}
+
+describe('getOrExtract', () => {
+  it('a miss downloads and extracts once; a hit returns the same directory without fetching', async () => {
+    const { cache, dir } = await manager();
+    const zip = goodZip();
+    const { fetchFn, calls } = counting(() => zip);
+    const extracted = await cache.getOrExtract(KEY, fetchFn);
+    expect(extracted).toBe(path.join(dir, `${KEY}.extracted.${sha256(zip).slice(0, 16)}`, 'content'));
+    expect(sha256(await fsp.readFile(path.join(extracted, 'weo/gdp.csv')))).toBe(
+      sha256(patternBytes(200_000, 1)),
+    );
+    expect(await cache.getOrExtract(KEY, fetchFn)).toBe(extracted);
+    expect(calls).toHaveLength(1);
+    // The archive is a normal entry beside it.
+    expect(await cache.get(KEY)).toBe(path.join(dir, KEY));
+    expect((await fsp.readdir(dir)).sort()).toEqual(
+      [KEY, `${KEY}.manifest.json`, path.basename(path.dirname(extracted))].sort(),
+    );
+  });
+
+  it('extracts an archive getOrFetch already downloaded, without fetching again', async () => {
+    const { cache } = await manager();
+    const { fetchFn, calls } = counting(() => goodZip());
+    await cache.getOrFetch(KEY, fetchFn);
+    const extracted = await cache.getOrExtract(KEY, fetchFn);
+    expect(await fsp.readFile(path.join(extracted, 'weo/README.txt'), 'utf8')).toBe('release 1\n');
+    expect(calls).toHaveLength(1);
+  });
+
+  it('a hostile archive publishes nothing: no entry, no extraction, no tmp leftovers', async () => {
+    const { cache, dir } = await manager();
+    const hostile = buildZip([{ name: '../escaped.txt', content: 'x' }]);
+    const error = await rejectionOf(cache.getOrExtract(KEY, counting(() => hostile).fetchFn));
+    expect(error).toBeInstanceOf(ArchiveUnsafeError);
+    expect(await cache.get(KEY)).toBeUndefined();
+    expect(await fsp.readdir(dir)).toEqual([]);
+  });
+
+  it('a hostile new archive keeps the previous entry and its extraction', async () => {
+    const clock = manualClock();
+    const { cache, dir } = await manager({ ttl: 60_000, now: clock.now });
+    const first = await cache.getOrExtract(KEY, counting(() => goodZip()).fetchFn);
+    clock.advance(120_000);
+    const hostile = buildZip([{ name: 'link', content: '/etc', unixMode: 0o120777 }]);
+    const error = await rejectionOf(cache.getOrExtract(KEY, counting(() => hostile).fetchFn));
+    expect(error).toMatchObject({ code: 'ERR_ARCHIVE_UNSAFE', reason: 'symlink' });
+    expect(sha256(await fsp.readFile(path.join(dir, KEY)))).toBe(sha256(goodZip()));
+    expect(await fsp.readFile(path.join(first, 'weo/README.txt'), 'utf8')).toBe('release 1\n');
+    const stale = await cache.getOrExtract(KEY, counting(() => hostile).fetchFn, { staleIfError: true });
+    expect(stale).toBe(first);
+  });
+
+  it('a new archive gets a new directory; the old one stays for readers that hold its files', async () => {
+    const clock = manualClock();
+    const { cache } = await manager({ ttl: 60_000, now: clock.now });
+    let release = 1;
+    const { fetchFn } = counting(() => goodZip(release));
+    const old = await cache.getOrExtract(KEY, fetchFn);
+    const reader = await fsp.open(path.join(old, 'weo/gdp.csv'), 'r');
+    try {
+      clock.advance(120_000);
+      release = 2;
+      const renewed = await cache.getOrExtract(KEY, fetchFn);
+      expect(renewed).not.toBe(old);
+      expect(await fsp.readFile(path.join(renewed, 'weo/README.txt'), 'utf8')).toBe('release 2\n');
+      const { buffer } = await reader.read(Buffer.alloc(200_000), 0, 200_000, 0);
+      expect(sha256(buffer)).toBe(sha256(patternBytes(200_000, 1)));
+      expect(await fsp.readFile(path.join(old, 'weo/README.txt'), 'utf8')).toBe('release 1\n');
+    } finally {
+      await reader.close();
+    }
+  });
+
+  it('NOT_MODIFIED (ETag revalidation) keeps the extraction', async () => {
+    const clock = manualClock();
+    const { cache } = await manager({ ttl: 60_000, now: clock.now });
+    let answer: Buffer | typeof NOT_MODIFIED = goodZip();
+    const { fetchFn, calls } = counting(() => answer);
+    const first = await cache.getOrExtract(KEY, fetchFn);
+    clock.advance(120_000);
+    answer = NOT_MODIFIED;
+    expect(await cache.getOrExtract(KEY, fetchFn)).toBe(first);
+    expect(calls).toEqual([{ previous: false }, { previous: true }]);
+  });
+
+  it('a single gzip file becomes one file named after the key', async () => {
+    const { cache } = await manager();
+    const { gzipSync } = await import('node:zlib');
+    const csv = patternBytes(10_000, 5);
+    const extracted = await cache.getOrExtract('table.csv.gz', counting(() => gzipSync(csv)).fetchFn);
+    expect(await fsp.readdir(extracted)).toEqual(['table.csv']);
+    expect(sha256(await fsp.readFile(path.join(extracted, 'table.csv')))).toBe(sha256(csv));
+  });
+
+  it('reports each extraction on the payload-cache:extract channel', async () => {
+    const { cache } = await manager();
+    const outcomes: unknown[] = [];
+    const listener = (message: unknown) => outcomes.push((message as { outcome: string }).outcome);
+    diagnosticsChannel.subscribe('payload-cache:extract', listener);
+    try {
+      const { fetchFn } = counting(() => goodZip());
+      await cache.getOrExtract(KEY, fetchFn);
+      await cache.getOrExtract(KEY, fetchFn);
+    } finally {
+      diagnosticsChannel.unsubscribe('payload-cache:extract', listener);
+    }
+    expect(outcomes).toEqual(['published']);
+  });
+
+  it('refuses bad extraction options before fetching', async () => {
+    const { cache } = await manager();
+    const { fetchFn, calls } = counting(() => goodZip());
+    for (const options of [
+      { format: 'rar' as never },
+      { maxEntries: 0 },
+      { maxCompressionRatio: Number.NaN },
+    ]) {
+      expect(await rejectionOf(cache.getOrExtract(KEY, fetchFn, options))).toBeInstanceOf(
+        InvalidOptionsError,
+      );
+    }
+    expect(calls).toHaveLength(0);
+  });
+});
+
+const FIXTURE = fileURLToPath(new URL('./fixtures/get-or-extract.mjs', import.meta.url));
+const BUILT_ENTRY = fileURLToPath(new URL('../dist/index.js', import.meta.url));
+
+interface ChildResult {
+  event: 'done' | 'error';
+  pid: number;
+  path?: string;
+  files?: Record<string, string>;
+  fetched?: boolean;
+  extractions?: string[];
+  message?: string;
+}
+
+function runChild(config: Record<string, unknown>): Promise<ChildResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [FIXTURE, JSON.stringify(config)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (text: string) => {
+      stdout += text;
+    });
+    child.stderr.setEncoding('utf8').on('data', (text: string) => {
+      stderr += text;
+    });
+    child.on('error', reject);
+    child.on('close', () => {
+      const line = stdout.trim().split('\n').pop();
+      if (!line) return reject(new Error(`child printed nothing; stderr: ${stderr}`));
+      resolve(JSON.parse(line) as ChildResult);
+    });
+  });
+}
+
+describe('getOrExtract across processes', () => {
+  beforeAll(async () => {
+    await fsp.access(BUILT_ENTRY).catch(() => {
+      throw new Error('dist/ is missing: run `npm run build` first (npm test does)');
+    });
+  });
+
+  it('8 processes racing for one new archive: one download, one extraction, the same tree for all', async () => {
+    const work = await makeTempDir('payload-cache-extract-race-');
+    const files = Object.fromEntries(
+      Array.from({ length: 50 }, (_, index) => [`data/part-${index}.csv`, patternBytes(20_000, index + 1)]),
+    );
+    const source = path.join(work, 'source.zip');
+    await fsp.writeFile(
+      source,
+      buildZip(Object.entries(files).map(([name, content]) => ({ name, content }))),
+    );
+    const config = {
+      root: path.join(work, 'root'),
+      sublayer: SUBLAYER,
+      key: KEY,
+      source,
+      counterFile: path.join(work, 'fetches.txt'),
+      goFile: path.join(work, 'go'),
+      chunkDelayMs: 5,
+    };
+    const children = Array.from({ length: 8 }, () => runChild(config));
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    await fsp.writeFile(config.goFile, '');
+    const results = await Promise.all(children);
+    expect(results.filter((result) => result.event !== 'done')).toEqual([]);
+    expect((await fsp.readFile(config.counterFile, 'utf8')).trim().split('\n')).toHaveLength(1);
+    expect(results.flatMap((result) => result.extractions)).toEqual(['published']);
+    const expected = Object.fromEntries(
+      Object.entries(files).map(([name, content]) => [name, sha256(content)]),
+    );
+    for (const result of results) {
+      expect(result.path).toBe(results[0]?.path);
+      expect(result.files).toEqual(expected);
+    }
+    const sublayer = await fsp.readdir(path.join(config.root, SUBLAYER));
+    expect(sublayer.filter((name) => name.includes('.tmp.'))).toEqual([]);
+  });
+});
