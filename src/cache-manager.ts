@@ -29,7 +29,8 @@ import {
   OfflineMissError,
 } from './errors.js';
 import { evict } from './evictor.js';
-import type { FoundExtraction, PreparedExtraction } from './extraction-store.js';
+import { type FoundExtraction, lookupExtraction, touchExtraction } from './extraction-on-disk.js';
+import type { PreparedExtraction } from './extraction-store.js';
 import { asFetchedBody, checkIntegrity, oversizeGuard, releaseResult, runValidator } from './fetch-result.js';
 import { ensureRealDir, errorCode, isRealDir } from './file-system.js';
 import { FlightTable } from './flight.js';
@@ -79,7 +80,7 @@ interface LocatedExtraction {
   readonly extraction: FoundExtraction;
 }
 
-/** The extraction code (and with it the archive libraries) is loaded by the first getOrExtract only. */
+/** Making extractions (and with it the archive libraries) is loaded by the first extraction only. */
 const extractionStore = () => import('./extraction-store.js');
 const taggedRoots = new Set<string>();
 
@@ -406,14 +407,13 @@ export class CacheManager {
     request: ExtractionRequest,
     signal: AbortSignal,
   ): Promise<string> {
-    const store = await extractionStore();
-    const archiveSha256 = sha256 ?? (await store.sha256OfFile(paths.payload));
+    const archiveSha256 = sha256 ?? (await (await extractionStore()).sha256OfFile(paths.payload));
     const target = extractionPaths(paths.dir, paths.key, archiveSha256);
-    let extraction = await store.lookupExtraction(target);
+    let extraction = await lookupExtraction(target);
     if (!extraction) {
       const steps = this.#extraction(paths, archiveSha256, request, this.#now(), signal);
       await steps.publish(await steps.prepare(paths.payload));
-      extraction = await store.lookupExtraction(target);
+      extraction = await lookupExtraction(target);
     }
     if (!extraction) throw new Error(`the extraction of "${paths.key}" vanished as it was published`);
     return this.#serveExtraction(paths, { target, extraction }, this.#scope());
@@ -480,15 +480,14 @@ export class CacheManager {
     const sha256 = found.manifest.sha256;
     if (sha256 === undefined) return undefined;
     const target = extractionPaths(paths.dir, paths.key, sha256);
-    const extraction = await (await extractionStore()).lookupExtraction(target);
+    const extraction = await lookupExtraction(target);
     return extraction && { target, extraction };
   }
 
   /** Records a use of the extraction and returns its content directory. */
   async #serveExtraction(paths: EntryPaths, located: LocatedExtraction, scope: Scope): Promise<string> {
     const { target, extraction } = located;
-    const store = await extractionStore();
-    await store.touchExtraction(target, extraction.lastUsedAtMs, scope.nowMs, this.#settings.touchIntervalMs);
+    await touchExtraction(target, extraction.lastUsedAtMs, scope.nowMs, this.#settings.touchIntervalMs);
     this.#observer.hit(paths.key, target.content);
     return target.content;
   }

@@ -178,6 +178,7 @@ export type NameKind =
   | { kind: 'payload'; key: string }
   | { kind: 'manifest'; key: string }
   | { kind: 'lock'; key: string }
+  | { kind: 'extraction'; key: string; shaPrefix: string }
   | { kind: 'tmp' }
   | { kind: 'foreign' };
 
@@ -189,7 +190,27 @@ export function classifyName(name: string): NameKind {
     return TMP_TAIL.test(name) ? { kind: 'tmp' } : { kind: 'foreign' };
   if (name.endsWith(MANIFEST_SUFFIX)) return asKey(name.slice(0, -MANIFEST_SUFFIX.length), 'manifest');
   if (name.endsWith(LOCK_SUFFIX)) return asKey(name.slice(0, -LOCK_SUFFIX.length), 'lock');
+  const extraction = extractionOfName(name);
+  if (extraction) return extraction;
   return asKey(name, 'payload');
+}
+
+// As the cache writes them: lower-case hex only. An upper-case variant is no key either, so it is foreign.
+const EXTRACTION_NAME_PARTS = /^(.+)\.extracted\.([0-9a-f]{16})$/;
+
+/** The key and sha256 prefix an extraction directory's name gives, when it is one the cache would write. */
+export function extractionOfName(
+  name: string,
+): { kind: 'extraction'; key: string; shaPrefix: string } | undefined {
+  const parts = EXTRACTION_NAME_PARTS.exec(name);
+  if (!parts) return undefined;
+  const [, key = '', shaPrefix = ''] = parts;
+  return asKey(key, 'payload').kind === 'payload' ? { kind: 'extraction', key, shaPrefix } : undefined;
+}
+
+/** For a tmp name `<name>.tmp.<host>.<pid>.<random>`: the `<name>` it was made for. */
+export function tmpNameTarget(name: string): string {
+  return name.slice(0, name.toLowerCase().lastIndexOf(TMP_MARKER));
 }
 
 function asKey(key: string, kind: 'payload' | 'manifest' | 'lock'): NameKind {

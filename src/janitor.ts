@@ -1,9 +1,11 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { type EntryPaths, MANIFEST_SUFFIX } from './entry-paths.js';
-import { lastUsedAtMs, removeEntryIfUnchanged, retireManifest } from './entry-store.js';
+import path from 'node:path';
+import { type EntryPaths, entryPaths, extractionOfName, MANIFEST_SUFFIX } from './entry-paths.js';
+import { lastUsedAtMs, lookupEntry, removeEntryIfUnchanged, retireManifest } from './entry-store.js';
 import { ForeignFileError, InvalidOptionsError } from './errors.js';
 import { evictionOrder, evictionShield } from './evictor.js';
+import { proveExtraction, removeExtraction, removeExtractionTree } from './extraction-on-disk.js';
 import { type CreateModes, lstatOrUndefined, removeFile } from './file-system.js';
 import {
   describesKey,
@@ -18,8 +20,10 @@ import {
   forEachLimited,
   type LonePayload,
   type ScannedEntry,
+  type ScannedExtraction,
   type SublayerScan,
   scanSublayer,
+  type TmpObject,
 } from './sublayer-scan.js';
 import type {
   ForeignItem,
@@ -62,7 +66,9 @@ type Check =
   | { kind: 'lone-payload'; paths: EntryPaths; sizeBytes: number; mtimeMs: number; proof: string }
   | { kind: 'lone-manifest'; paths: EntryPaths; manifestText: string }
   | { kind: 'tmp'; path: string; mtimeMs: number; isDirectory: boolean }
-  | { kind: 'lock'; paths: EntryPaths };
+  | { kind: 'lock'; paths: EntryPaths }
+  | { kind: 'extraction'; path: string; lock: string; markerText: string; lastUsedAtMs?: number }
+  | { kind: 'extraction-tmp'; path: string; lock: string; key: string; shaPrefix: string };
 
 // Only plans made here can be carried out: a removal without its recorded check is never acted on.
 const checks = new WeakMap<PlannedRemoval, Check>();
@@ -173,6 +179,10 @@ async function planOrphans(
   }
   for (const tmp of scan.tmpObjects) {
     if (tmp.mtimeMs >= oldBefore || proofsInUse.has(tmp.path)) continue;
+    if (tmp.extraction) {
+      await planTmpExtraction(policy, tmp, tmp.extraction, builder);
+      continue;
+    }
     if (tmp.isDirectory && !(await isOwnLockDir(tmp.path).catch(() => false))) {
       builder.foreign.push({ path: tmp.path, reason: 'foreign-lock' });
       continue;
@@ -189,6 +199,92 @@ async function planOrphans(
       );
     }
   }
+}
+
+/**
+ * An extraction's tmp directory, older than `staleTmpMs`: one that was being built (or removed) when its
+ * writer died. Removable only when its marker proves it is the cache's (or it is empty) and the key's lock
+ * is free: a live extraction holds that lock, and its directory's own mtime does not move while it writes
+ * deeper down.
+ */
+async function planTmpExtraction(
+  policy: SublayerPolicy,
+  tmp: TmpObject,
+  name: NonNullable<TmpObject['extraction']>,
+  builder: PlanBuilder,
+): Promise<void> {
+  if (!(await proveExtraction(tmp.path, name.key, name.shaPrefix))) {
+    builder.foreign.push({ path: tmp.path, reason: 'unproven-extraction' });
+    return;
+  }
+  const { lock } = entryPaths(policy.dir, name.key);
+  if (await isLockHeld(lock, policy.lockStaleMs)) return;
+  builder.add(
+    { key: name.key, path: tmp.path, reason: 'orphan-tmp', sizeBytes: 0 },
+    { kind: 'extraction-tmp', path: tmp.path, lock, key: name.key, shaPrefix: name.shaPrefix },
+  );
+}
+
+/**
+ * Plans the removal of published extractions. `clear`: every one the cache can prove it made. Otherwise
+ * (prune, sweep): those whose entry goes in this plan (`goingWithEntry`, with the entry's reason), those
+ * whose archive is gone (`orphan-extraction`) and those of an older archive than the entry's
+ * (`superseded`), but never one used within the in-use window (a reader may be walking its tree) nor one
+ * whose key's lock is held. The current extraction of an entry that stays is kept.
+ */
+async function planExtractions(
+  policy: SublayerPolicy,
+  extractions: readonly ScannedExtraction[],
+  builder: PlanBuilder,
+  mode: 'clear' | 'prune',
+  goingWithEntry: ReadonlyMap<string, RemovalReason> = new Map(),
+): Promise<void> {
+  for (const extraction of extractions) {
+    const { key, path: dir } = extraction;
+    const proof = await proveExtraction(dir, key, extraction.shaPrefix);
+    // The cache never publishes an incomplete or empty extraction: such a directory is not its own.
+    if (!proof || proof === 'empty' || !proof.marker.complete) {
+      builder.foreign.push({ path: dir, reason: 'unproven-extraction' });
+      continue;
+    }
+    const { lock } = entryPaths(policy.dir, key);
+    const removal = {
+      key,
+      path: dir,
+      sizeBytes: proof.marker.total_bytes ?? 0,
+      lastUsedAt: new Date(proof.lastUsedAtMs),
+    };
+    const check = { kind: 'extraction' as const, path: dir, lock, markerText: proof.markerText };
+    if (mode === 'clear') {
+      builder.add({ ...removal, reason: 'cleared' }, check);
+      continue;
+    }
+    // An older archive's extraction is `superseded` even when its entry goes too; the entry's current one
+    // goes with the entry's reason.
+    const reason =
+      (await extractionStaleness(policy, key, proof.marker.archive_sha256)) ?? goingWithEntry.get(key);
+    if (reason === undefined) continue;
+    if (proof.lastUsedAtMs > policy.freshness.nowMs - policy.inUseWindowMs) {
+      builder.kept.push({ key, reason: 'recently-used' });
+    } else if (await isLockHeld(lock, policy.lockStaleMs)) {
+      builder.kept.push({ key, reason: 'locked' });
+    } else {
+      builder.add({ ...removal, reason }, { ...check, lastUsedAtMs: proof.lastUsedAtMs });
+    }
+  }
+}
+
+/** Why an extraction of `archiveSha256` no longer serves `key`'s entry, or `undefined` when it does. */
+async function extractionStaleness(
+  policy: SublayerPolicy,
+  key: string,
+  archiveSha256: string,
+): Promise<'orphan-extraction' | 'superseded' | undefined> {
+  const found = await lookupEntry(entryPaths(policy.dir, key), policy.freshness);
+  if (found.state === 'absent') return 'orphan-extraction';
+  // An old manifest without sha256 (imf_reader) cannot say which extraction is its own: keep them all.
+  const current = found.manifest.sha256;
+  return current === undefined || current === archiveSha256 ? undefined : 'superseded';
 }
 
 /**
@@ -265,8 +361,26 @@ export async function planPrune(policy: SublayerPolicy): Promise<JanitorPlan> {
   }
   await planOrphans(policy, scan, builder, { lonePayloadsAtAnyAge: false });
   await planEviction(policy, remaining, builder);
+  await planExtractions(policy, scan.extractions, builder, 'prune', entriesGoing(builder.remove));
   return builder.plan();
 }
+
+/** The keys whose entry a plan removes, with the reason, so that their extractions go with them. */
+function entriesGoing(removals: readonly PlannedRemoval[]): Map<string, RemovalReason> {
+  const going = new Map<string, RemovalReason>();
+  for (const removal of removals) {
+    if (removal.key !== undefined && ENTRY_REASONS.has(removal.reason))
+      going.set(removal.key, removal.reason);
+  }
+  return going;
+}
+
+const ENTRY_REASONS: ReadonlySet<RemovalReason> = new Set([
+  'expired',
+  'evicted',
+  'size-mismatch',
+  'wrong-key',
+]);
 
 async function planEviction(
   policy: SublayerPolicy,
@@ -329,13 +443,16 @@ export async function planClear(policy: SublayerPolicy): Promise<JanitorPlan> {
     builder.removeEntry(entry, 'cleared', check);
   }
   await planOrphans(policy, scan, builder, { lonePayloadsAtAnyAge: true });
+  await planExtractions(policy, scan.extractions, builder, 'clear');
   return builder.plan();
 }
 
 /** Plans the background sweep: orphans only, by the same rules as `prune()`. */
 export async function planSweep(policy: SublayerPolicy): Promise<JanitorPlan> {
   const builder = new PlanBuilder(policy.dir);
-  await planOrphans(policy, await scanSublayer(policy.dir), builder, { lonePayloadsAtAnyAge: false });
+  const scan = await scanSublayer(policy.dir);
+  await planOrphans(policy, scan, builder, { lonePayloadsAtAnyAge: false });
+  await planExtractions(policy, scan.extractions, builder, 'prune');
   return builder.plan();
 }
 
@@ -441,6 +558,38 @@ async function execute(check: Check, policy: SublayerPolicy): Promise<Outcome> {
       if (check.isDirectory) return (await removeLockDir(check.path)) ? 'removed' : 'changed';
       return (await removeFile(check.path)) ? 'removed' : 'gone';
     }
+    case 'extraction': {
+      const outcome = await whileLocked(
+        check.lock,
+        policy.lockStaleMs,
+        async (): Promise<Outcome> => {
+          const name = extractionNameOf(check.path);
+          const proof = name && (await proveExtraction(check.path, name.key, name.shaPrefix));
+          if (!proof) return 'gone';
+          if (proof === 'empty' || proof.markerText !== check.markerText) return 'changed';
+          if (check.lastUsedAtMs !== undefined) {
+            if (proof.lastUsedAtMs > policy.freshness.nowMs - policy.inUseWindowMs) return 'recently-used';
+            if (proof.lastUsedAtMs !== check.lastUsedAtMs) return 'changed';
+          }
+          // Held open inside (Windows, SMB): a reader is using it, so it stays for now.
+          return (await removeExtraction(check.path)) ? 'removed' : 'locked';
+        },
+        policy.modes,
+      );
+      return outcome ?? 'locked';
+    }
+    case 'extraction-tmp': {
+      const outcome = await whileLocked(
+        check.lock,
+        policy.lockStaleMs,
+        async (): Promise<Outcome> => {
+          if (!(await proveExtraction(check.path, check.key, check.shaPrefix))) return 'changed';
+          return (await removeExtractionTree(check.path)) ? 'removed' : 'gone';
+        },
+        policy.modes,
+      );
+      return outcome ?? 'locked';
+    }
     case 'lock': {
       // Taking a stale lock over removes it; releasing ours removes the directory. A lock released (not
       // broken by us) meanwhile was no stale lock of ours to report.
@@ -472,6 +621,11 @@ export async function verifySublayer(policy: SublayerPolicy, fix: boolean): Prom
   const bad = plan.remove.map(reportItem);
   const removed = fix ? (await carryOut(policy, plan)).removed : [];
   return { checked, bad, removed, foreign: [...plan.foreign] };
+}
+
+/** The key and sha256 prefix of a published extraction's directory, from its name. */
+function extractionNameOf(dir: string): { key: string; shaPrefix: string } | undefined {
+  return extractionOfName(path.basename(dir));
 }
 
 async function hashMismatch(entry: ReadEntry): Promise<'hash-mismatch' | undefined> {

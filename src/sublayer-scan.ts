@@ -1,6 +1,13 @@
 import { type Dirent, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
-import { classifyName, type EntryPaths, entryPaths, MANIFEST_SUFFIX } from './entry-paths.js';
+import {
+  classifyName,
+  type EntryPaths,
+  entryPaths,
+  extractionOfName,
+  MANIFEST_SUFFIX,
+  tmpNameTarget,
+} from './entry-paths.js';
 import { lastUsedAtMs, lookupEntry } from './entry-store.js';
 import { assertRealDir, errorCode, lstatOrUndefined } from './file-system.js';
 import type { Layer } from './layers.js';
@@ -21,12 +28,28 @@ export interface LonePayload {
   readonly mtimeMs: number;
 }
 
-/** A tmp file the cache names `<name>.tmp.<host>.<pid>.<random>`, or a lock directory it renamed aside so. */
+/**
+ * A tmp file the cache names `<name>.tmp.<host>.<pid>.<random>`, or a directory so named: a lock renamed
+ * aside, or an extraction being built (or renamed aside to be removed).
+ */
 export interface TmpObject {
   readonly path: string;
   readonly sizeBytes: number;
   readonly mtimeMs: number;
   readonly isDirectory: boolean;
+  /** For an extraction's tmp directory: the key and archive sha256 prefix its name gives. */
+  readonly extraction?: ExtractionName | undefined;
+}
+
+/** What an extraction directory's name says: its archive's key and the first 16 hex digits of its sha256. */
+export interface ExtractionName {
+  readonly key: string;
+  readonly shaPrefix: string;
+}
+
+/** A real directory named like an archive's extraction (`<key>.extracted.<sha16>`); not yet proven ours. */
+export interface ScannedExtraction extends ExtractionName {
+  readonly path: string;
 }
 
 /** Everything in one sublayer, sorted by what the cache may do with it. */
@@ -38,6 +61,8 @@ export interface SublayerScan {
   readonly tmpObjects: TmpObject[];
   /** Directories named like a lock. */
   readonly locks: EntryPaths[];
+  /** Directories named like an extraction. */
+  readonly extractions: ScannedExtraction[];
   /** Things no name or type rule of the cache accounts for; never touched. */
   readonly foreign: ForeignItem[];
 }
@@ -55,6 +80,7 @@ export async function scanSublayer(dir: string): Promise<SublayerScan> {
     loneManifests: [],
     tmpObjects: [],
     locks: [],
+    extractions: [],
     foreign: [],
   };
   let dirents: Dirent[];
@@ -95,8 +121,15 @@ export async function scanSublayer(dir: string): Promise<SublayerScan> {
     const stats = await lstatOrUndefined(path.join(dir, name));
     if (!stats) return; // gone since the readdir
     if (kind.kind === 'tmp') {
-      if (stats.isFile() || (stats.isDirectory() && isLockAside(name)))
-        scan.tmpObjects.push(tmpObject(dir, name, stats));
+      const extraction = stats.isDirectory() ? extractionOfName(tmpNameTarget(name)) : undefined;
+      if (stats.isFile() || (stats.isDirectory() && isLockAside(name)) || extraction)
+        scan.tmpObjects.push(tmpObject(dir, name, stats, extraction));
+      else foreign(name, 'not-a-regular-file');
+      return;
+    }
+    if (kind.kind === 'extraction') {
+      const { key, shaPrefix } = kind;
+      if (stats.isDirectory()) scan.extractions.push({ path: path.join(dir, name), key, shaPrefix });
       else foreign(name, 'not-a-regular-file');
       return;
     }
@@ -113,15 +146,16 @@ export async function scanSublayer(dir: string): Promise<SublayerScan> {
 
 /** A lock directory renamed aside on release: `<key>.lock.tmp.<host>.<pid>.<random>`. */
 function isLockAside(name: string): boolean {
-  return name.slice(0, name.toLowerCase().lastIndexOf('.tmp.')).endsWith('.lock');
+  return tmpNameTarget(name).endsWith('.lock');
 }
 
-function tmpObject(dir: string, name: string, stats: Stats): TmpObject {
+function tmpObject(dir: string, name: string, stats: Stats, extraction?: ExtractionName): TmpObject {
   return {
     path: path.join(dir, name),
     sizeBytes: stats.size,
     mtimeMs: stats.mtimeMs,
     isDirectory: stats.isDirectory(),
+    ...(extraction ? { extraction: { key: extraction.key, shaPrefix: extraction.shaPrefix } } : {}),
   };
 }
 

@@ -141,7 +141,9 @@ export type RemovalReason =
   | 'size-mismatch'
   | 'hash-mismatch'
   | 'wrong-key'
-  | 'cleared';
+  | 'cleared'
+  | 'superseded'
+  | 'orphan-extraction';
 
 /** One file or directory that `prune()`, `clear()` or `verify()` removed or found bad. */
 export interface ReportItem {
@@ -161,13 +163,16 @@ export interface ReportItem {
  * - `unproven-payload`: a file named like a payload with no manifest and no record the cache left for it.
  * - `invalid-manifest`: a file named like a manifest that is not a payload-cache manifest.
  * - `foreign-lock`: a directory named like a lock that holds files the cache never puts there.
+ * - `unproven-extraction`: a directory named like an archive's extraction without the marker, naming its
+ *   key and archive, that the cache writes into every extraction.
  */
 export type ForeignReason =
   | 'unknown-name'
   | 'not-a-regular-file'
   | 'unproven-payload'
   | 'invalid-manifest'
-  | 'foreign-lock';
+  | 'foreign-lock'
+  | 'unproven-extraction';
 
 /** Something in a sublayer the cache did not write: reported, never deleted. */
 export interface ForeignItem {

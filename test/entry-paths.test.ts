@@ -186,6 +186,15 @@ describe('classifyName', () => {
     ['data.tmp.csv', { kind: 'foreign' }],
     ['weo.zip.tmp.host.123.0123456789ABCDEF', { kind: 'foreign' }],
     ['weo.zip.lock.tmp.my_host-1.99.fedcba9876543210', { kind: 'tmp' }],
+    [
+      'weo.zip.extracted.0123456789abcdef',
+      { kind: 'extraction', key: 'weo.zip', shaPrefix: '0123456789abcdef' },
+    ],
+    ['weo.zip.extracted.0123456789abcdef.tmp.host.1.0123456789abcdef', { kind: 'tmp' }],
+    // Not as the cache writes them (upper-case hex, a key no key may be): foreign, never an extraction.
+    ['weo.zip.extracted.0123456789ABCDEF', { kind: 'foreign' }],
+    ['CON.extracted.0123456789abcdef', { kind: 'foreign' }],
+    ['weo.zip.extracted.0123456789abcde', { kind: 'payload', key: 'weo.zip.extracted.0123456789abcde' }],
     ['CACHEDIR.TAG', { kind: 'foreign' }],
     ['.manifest.json', { kind: 'foreign' }],
     ['.lock', { kind: 'foreign' }],

@@ -3,12 +3,8 @@ import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { extractionPaths } from '../src/entry-paths.js';
 import { ArchiveUnsafeError } from '../src/errors.js';
-import {
-  lookupExtraction,
-  prepareExtraction,
-  removeExtractionTree,
-  sha256OfFile,
-} from '../src/extraction-store.js';
+import { lookupExtraction, removeExtractionTree } from '../src/extraction-on-disk.js';
+import { prepareExtraction, sha256OfFile } from '../src/extraction-store.js';
 import { buildZip } from './archive-builders.js';
 import {
   makeTempDir,

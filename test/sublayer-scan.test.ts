@@ -33,8 +33,26 @@ describe('scanSublayer', () => {
       loneManifests: [],
       tmpObjects: [],
       locks: [],
+      extractions: [],
       foreign: [],
     });
+  });
+
+  it('sorts extraction directories and their tmp directories by name; other names at those shapes are foreign', async () => {
+    const sha = '0123456789abcdef';
+    await fsp.mkdir(path.join(dir, `weo.zip.extracted.${sha}`));
+    await fsp.mkdir(path.join(dir, `weo.zip.extracted.${sha}.tmp.host.42.${'a'.repeat(16)}`));
+    await fsp.writeFile(path.join(dir, `file.zip.extracted.${sha}`), 'a file at an extraction name');
+    await fsp.mkdir(path.join(dir, `UPPER.zip.extracted.${sha.toUpperCase()}`));
+    const scan = await scanSublayer(dir);
+    expect(scan.extractions).toEqual([
+      { path: path.join(dir, `weo.zip.extracted.${sha}`), key: 'weo.zip', shaPrefix: sha },
+    ]);
+    expect(scan.tmpObjects.map((tmp) => tmp.extraction)).toEqual([{ key: 'weo.zip', shaPrefix: sha }]);
+    expect(scan.foreign.map((item) => [path.basename(item.path), item.reason]).sort()).toEqual([
+      [`UPPER.zip.extracted.${sha.toUpperCase()}`, 'unknown-name'],
+      [`file.zip.extracted.${sha}`, 'not-a-regular-file'],
+    ]);
   });
 
   it.skipIf(symlinksNeedPrivilege)(

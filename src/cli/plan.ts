@@ -29,6 +29,7 @@ const FOREIGN_BECAUSE: Record<ForeignItem['reason'], string> = {
   'unproven-payload': 'a file without manifest that payload-cache cannot prove it wrote',
   'invalid-manifest': 'not a payload-cache manifest',
   'foreign-lock': 'a lock-named directory holding files payload-cache does not put there',
+  'unproven-extraction': 'an extraction-named directory without a payload-cache marker for it',
 };
 
 /** The plan as a table of what goes, then what stays and why, then what is left alone as foreign. */

@@ -1,0 +1,164 @@
+import { constants, promises as fsp, type Stats } from 'node:fs';
+import path from 'node:path';
+import { z } from 'zod';
+import { EXTRACTION_MARKER_NAME, type ExtractionPaths, tmpPathFor } from './entry-paths.js';
+import { touchFile } from './entry-store.js';
+import { errorCode } from './file-system.js';
+
+/**
+ * What an extraction is on disk, for the hit path and the janitors (no archive library is loaded here): its
+ * marker, the hit check, the proof that a directory is the cache's, and the removal of a tree the cache
+ * made. An extraction is `<key>.extracted.<sha16>/` beside its archive, holding `extraction.json` (the
+ * marker), `files.jsonl` (the file list) and `content/` (the archive's files).
+ */
+
+export const EXTRACTION_MARKER_KIND = 'payload-cache-extraction';
+/** A marker is a few hundred bytes; anything larger is not one of ours. */
+const MAX_MARKER_BYTES = 64 * 1024;
+// Never through a symlink, and never blocking on a FIFO planted in its place.
+const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
+
+const markerSchema = z.looseObject({
+  schema_version: z.literal(1),
+  kind: z.literal(EXTRACTION_MARKER_KIND),
+  key: z.string(),
+  archive_sha256: z.string().regex(/^[0-9a-f]{64}$/),
+  complete: z.boolean(),
+  created_at: z.string(),
+  format: z.enum(['zip', 'tar', 'tar.gz', 'gzip']).optional(),
+  file_count: z.number().int().nonnegative().optional(),
+  total_bytes: z.number().int().nonnegative().optional(),
+});
+
+/**
+ * The marker of an extraction. Written with `complete: false` as soon as the tmp directory exists, which
+ * proves to a sweep that the directory is the cache's; rewritten with `complete: true` and the totals just
+ * before the directory is renamed into place.
+ */
+export type ExtractionMarker = z.infer<typeof markerSchema>;
+
+/** A published extraction as found on disk. */
+export interface FoundExtraction {
+  readonly marker: ExtractionMarker;
+  /** The marker's mtime: the extraction's last use. */
+  readonly lastUsedAtMs: number;
+}
+
+/**
+ * The hit check for an extraction: one small read of its marker, through a handle (no symlink, no FIFO).
+ * Found only when the marker is complete and names this key and the archive's full sha256: a 64-bit
+ * prefix collision in the directory name is a miss, never the wrong tree.
+ */
+export async function lookupExtraction(paths: ExtractionPaths): Promise<FoundExtraction | undefined> {
+  const read = await readMarker(paths.marker);
+  if (!read) return undefined;
+  const { marker, stats } = read;
+  if (!marker.complete || marker.key !== paths.key || marker.archive_sha256 !== paths.archiveSha256)
+    return undefined;
+  return { marker, lastUsedAtMs: Math.round(stats.mtimeMs) };
+}
+
+async function readMarker(
+  markerPath: string,
+): Promise<{ marker: ExtractionMarker; stats: Stats; text: string } | undefined> {
+  let handle: fsp.FileHandle | undefined;
+  try {
+    handle = await fsp.open(markerPath, READ_FLAGS);
+    const stats = await handle.stat();
+    if (!stats.isFile() || stats.size > MAX_MARKER_BYTES) return undefined;
+    const text = await handle.readFile('utf8');
+    const parsed = markerSchema.safeParse(JSON.parse(text));
+    return parsed.success ? { marker: parsed.data, stats, text } : undefined;
+  } catch {
+    return undefined;
+  } finally {
+    await handle?.close().catch(() => {});
+  }
+}
+
+/** Records a use of the extraction (its marker's mtime), at most once per `touchIntervalMs`; best-effort. */
+export async function touchExtraction(
+  paths: ExtractionPaths,
+  lastUsedAtMs: number,
+  nowMs: number,
+  touchIntervalMs: number,
+): Promise<void> {
+  await touchFile(paths.marker, lastUsedAtMs, nowMs, touchIntervalMs);
+}
+
+/** What proves to a janitor that a directory is an extraction the cache made, as it was when it looked. */
+export interface ExtractionProof {
+  /** The marker's exact text, to tell later whether it is still the same extraction. */
+  readonly markerText: string;
+  readonly marker: ExtractionMarker;
+  /** The marker's mtime: the extraction's last use. */
+  readonly lastUsedAtMs: number;
+}
+
+/**
+ * Whether `dir` is an extraction the cache made for `key` and an archive whose sha256 starts with
+ * `shaPrefix`: a regular marker file of ours inside it that says so (complete or not). `'empty'` for an
+ * empty directory (a crash between `mkdir` and the marker; removing it loses nothing), `undefined` for
+ * anything else, which is not the cache's to touch.
+ */
+export async function proveExtraction(
+  dir: string,
+  key: string,
+  shaPrefix: string,
+): Promise<ExtractionProof | 'empty' | undefined> {
+  const read = await readMarker(path.join(dir, EXTRACTION_MARKER_NAME));
+  if (read) {
+    const { marker, stats, text } = read;
+    if (marker.key !== key || !marker.archive_sha256.startsWith(shaPrefix)) return undefined;
+    return { markerText: text, marker, lastUsedAtMs: Math.round(stats.mtimeMs) };
+  }
+  const names = await fsp.readdir(dir).catch(() => undefined);
+  return names?.length === 0 ? 'empty' : undefined;
+}
+
+/**
+ * Removes a published extraction: renamed aside first, so that its name is gone at once and a crash
+ * half-way leaves a tmp extraction (marker inside) for the sweep, then its tree. `false` when it could not
+ * be renamed because something inside is held open (Windows, SMB): it stays, to be tried again later.
+ */
+export async function removeExtraction(dir: string): Promise<boolean> {
+  const aside = tmpPathFor(dir);
+  try {
+    await fsp.rename(dir, aside);
+  } catch (error) {
+    if (['EPERM', 'EACCES', 'EBUSY'].includes(errorCode(error))) return false;
+    if (errorCode(error) === 'ENOENT') return true;
+    throw error;
+  }
+  await removeExtractionTree(aside);
+  return true;
+}
+
+/**
+ * Removes a directory tree the cache made (a tmp extraction of this process, or an extraction a janitor
+ * proved to be the cache's), without ever following a link: every name is judged by `lstat` right before
+ * it is acted on, anything but a real directory is unlinked (a symlink goes, never what it points to), and
+ * only real directories are read and descended into. `false` when nothing was there.
+ */
+export async function removeExtractionTree(target: string): Promise<boolean> {
+  const stats = await fsp.lstat(target).catch(() => undefined);
+  if (!stats) return false;
+  if (!stats.isDirectory()) {
+    await fsp.unlink(target).catch(ignoreMissing);
+    return true;
+  }
+  let names: string[];
+  try {
+    names = await fsp.readdir(target);
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') return false;
+    throw error;
+  }
+  for (const name of names) await removeExtractionTree(path.join(target, name));
+  await fsp.rmdir(target).catch(ignoreMissing);
+  return true;
+}
+
+function ignoreMissing(error: unknown): void {
+  if (errorCode(error) !== 'ENOENT') throw error;
+}

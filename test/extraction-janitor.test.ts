@@ -1,0 +1,161 @@
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { backgroundSweep, CacheManager } from '../src/cache-manager.js';
+import { tmpPathFor } from '../src/entry-paths.js';
+import { tryLock } from '../src/soft-lock.js';
+import { buildZip } from './archive-builders.js';
+import { exists, makeTempDir, manualClock, removeTempDirs, symlinksNeedPrivilege } from './helpers.js';
+
+afterEach(removeTempDirs);
+
+// What prune, clear and the sweep do with extractions (docs/archives-status.md, "The janitor"): remove only
+// what a marker proves the cache made, never one used within the in-use window (2 × touchIntervalMs +
+// evictionGraceMs = 130 s by default) except on clear, never one whose key is locked, never following links.
+
+const SUBLAYER = 'archives';
+const KEY = 'release.zip';
+const IN_USE_WINDOW_MS = 130_000;
+const zipOf = (release: number) => buildZip([{ name: 'notes.txt', content: `release ${release}\n` }]);
+
+async function setup(ttl = 60_000) {
+  // Starts at the real time: tmp directories are judged by both clocks.
+  const clock = manualClock(Date.now());
+  const root = await makeTempDir('payload-cache-extraction-janitor-');
+  const cache = new CacheManager({ sublayer: SUBLAYER, root, ttl, now: clock.now });
+  let release = 1;
+  const fetchRelease = () => zipOf(release);
+  const extract = async (next?: number) => {
+    if (next !== undefined) release = next;
+    return path.dirname(await cache.getOrExtract(KEY, fetchRelease));
+  };
+  return { clock, root, cache, dir: path.join(root, SUBLAYER), extract };
+}
+
+describe('prune', () => {
+  it('removes a superseded extraction once it is out of the in-use window, and keeps the current one', async () => {
+    const { clock, cache, extract } = await setup();
+    const first = await extract();
+    clock.advance(120_000); // the entry has expired: the next call fetches release 2
+    const second = await extract(2);
+    expect(second).not.toBe(first);
+
+    const early = await cache.prune();
+    expect(early.removed).toEqual([]);
+    expect(early.kept).toContainEqual({ key: KEY, reason: 'recently-used' });
+    expect(await exists(first)).toBe(true);
+
+    clock.advance(IN_USE_WINDOW_MS);
+    const later = await cache.prune();
+    expect(later.removed).toContainEqual({ key: KEY, path: first, reason: 'superseded' });
+    expect(await exists(first)).toBe(false);
+    // The entry itself is expired by now and goes, and its extraction with it, with the entry's reason.
+    expect(later.removed).toContainEqual({ key: KEY, path: second, reason: 'expired' });
+    expect(await fsp.readdir(path.dirname(first))).toEqual([]);
+  });
+
+  it('keeps the current extraction of an entry that stays', async () => {
+    const { clock, cache, extract } = await setup(Number.POSITIVE_INFINITY);
+    const current = await extract();
+    clock.advance(2 * IN_USE_WINDOW_MS);
+    const report = await cache.prune();
+    expect(report.removed.filter((item) => item.path === current)).toEqual([]);
+    expect(await exists(current)).toBe(true);
+  });
+
+  it('never removes an extraction whose key is locked (a writer is at work)', async () => {
+    const { clock, cache, dir, extract } = await setup();
+    const first = await extract();
+    clock.advance(120_000);
+    await extract(2);
+    clock.advance(IN_USE_WINDOW_MS);
+    const held = await tryLock(path.join(dir, `${KEY}.lock`), 10_000);
+    try {
+      const report = await cache.prune();
+      expect(report.kept).toContainEqual({ key: KEY, reason: 'locked' });
+      expect(await exists(first)).toBe(true);
+    } finally {
+      await held?.release();
+    }
+  });
+});
+
+describe('clear', () => {
+  it('removes every extraction it can prove it made, even one used just now, and leaves the rest alone', async () => {
+    const { cache, dir, extract } = await setup();
+    const extraction = await extract();
+    const lookalike = path.join(dir, `other.zip.extracted.${'0'.repeat(16)}`);
+    await fsp.mkdir(path.join(lookalike, 'content'), { recursive: true });
+    await fsp.writeFile(path.join(lookalike, 'content', 'mine.txt'), 'not the cache’s');
+
+    const report = await cache.clear();
+    expect(report.removed).toContainEqual({ key: KEY, path: extraction, reason: 'cleared' });
+    expect(report.foreign).toContainEqual({ path: lookalike, reason: 'unproven-extraction' });
+    expect((await fsp.readdir(dir)).sort()).toEqual([path.basename(lookalike)]);
+    expect(await fsp.readFile(path.join(lookalike, 'content', 'mine.txt'), 'utf8')).toBe('not the cache’s');
+  });
+
+  it.skipIf(symlinksNeedPrivilege)('never follows a symlink planted inside an extraction', async () => {
+    const { root, cache, extract } = await setup();
+    const extraction = await extract();
+    const outside = path.join(root, 'outside');
+    await fsp.mkdir(outside);
+    await fsp.writeFile(path.join(outside, 'precious.txt'), 'keep');
+    await fsp.symlink(outside, path.join(extraction, 'content', 'planted'));
+    await cache.clear();
+    expect(await exists(extraction)).toBe(false);
+    expect(await fsp.readFile(path.join(outside, 'precious.txt'), 'utf8')).toBe('keep');
+  });
+
+  it('after clear, getOrExtract fetches and extracts again', async () => {
+    const { cache, extract } = await setup();
+    const first = await extract();
+    await cache.clear();
+    expect(await extract()).toBe(first);
+    expect(await fsp.readFile(path.join(first, 'content', 'notes.txt'), 'utf8')).toBe('release 1\n');
+  });
+});
+
+describe('the sweep and prune remove an extraction’s tmp directory left by a dead writer', () => {
+  /** A copy of a published extraction under a tmp name, as a writer killed before its rename leaves it. */
+  async function orphanTmpOf(extraction: string, ageMs: number): Promise<string> {
+    const tmp = tmpPathFor(extraction);
+    await fsp.cp(extraction, tmp, { recursive: true });
+    const then = new Date(Date.now() - ageMs);
+    await fsp.utimes(tmp, then, then);
+    return tmp;
+  }
+
+  it('once older than staleTmpMs and its key unlocked', async () => {
+    const { cache, extract } = await setup();
+    const extraction = await extract();
+    const young = await orphanTmpOf(extraction, 0);
+    const old = await orphanTmpOf(extraction, 25 * 60 * 60_000);
+    const report = await cache.prune();
+    expect(report.removed).toContainEqual({ key: KEY, path: old, reason: 'orphan-tmp' });
+    expect(await exists(old)).toBe(false);
+    expect(await exists(young)).toBe(true);
+    expect(await exists(extraction)).toBe(true);
+  });
+
+  it('by the background sweep of a new manager', async () => {
+    const { root, extract } = await setup();
+    const old = await orphanTmpOf(await extract(), 25 * 60 * 60_000);
+    const fresh = new CacheManager({ sublayer: SUBLAYER, root, ttl: 60_000 });
+    await fresh.getOrFetch(KEY, () => zipOf(1));
+    await fresh[backgroundSweep];
+    expect(await exists(old)).toBe(false);
+  });
+
+  it('not when nothing inside proves it is the cache’s', async () => {
+    const { dir, cache, extract } = await setup();
+    const old = await orphanTmpOf(await extract(), 25 * 60 * 60_000);
+    await fsp.rm(path.join(old, 'extraction.json'));
+    const then = new Date(Date.now() - 25 * 60 * 60_000);
+    await fsp.utimes(old, then, then); // the removal above made the directory young again
+    const report = await cache.prune();
+    expect(report.foreign).toContainEqual({ path: old, reason: 'unproven-extraction' });
+    expect(await exists(path.join(old, 'content', 'notes.txt'))).toBe(true);
+    expect(path.dirname(old)).toBe(dir);
+  });
+});
