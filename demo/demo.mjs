@@ -1,13 +1,15 @@
 // npm run demo: payload-cache end to end, offline. A loopback HTTP server serves a generated ~50 MB zip;
-// the demo downloads it through a CacheManager (a miss, with progress), asks again (a hit), then races
-// four separate node processes on a new key and shows that one download served all of them.
+// the demo downloads it through a CacheManager (a miss, with progress), asks again (a hit), extracts it
+// with getOrExtract (no second download), then races four separate node processes on a new key and shows
+// that one download served all of them.
 // Nothing leaves 127.0.0.1; the cache lives in a temporary directory that is removed at the end.
 import { fork } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { crc32 } from 'node:zlib';
 import { CacheManager, httpFetcher } from 'payload-cache';
 import { Agent } from 'undici';
 import { buildDataset } from './dataset.mjs';
@@ -111,9 +113,37 @@ async function main() {
   console.log(`   hit: ${formatMs(hitMs)} -> same path; server requests still ${server.requests(missPath)}`);
   console.log(`   ${Math.round(missMs / hitMs).toLocaleString('en-US')}x faster than the miss\n`);
 
-  // 3. A stampede: separate processes, one lock per key, one download.
+  // 3. The same archive extracted: no request (the zip is a fresh entry), one rename publishes the tree.
+  console.log(`3. getOrExtract("${MISS_KEY}"): the zip already cached, extracted`);
+  startedAt = performance.now();
+  const extractedDir = await cache.getOrExtract(
+    MISS_KEY,
+    httpFetcher(`${server.origin}${missPath}`, { dispatcher }),
+  );
+  const extractMs = performance.now() - startedAt;
+  console.log(`   extracted: ${formatMs(extractMs)} -> ${extractedDir}`);
+  let filesOk = 0;
+  for (const zipEntry of entries) {
+    const extracted = path.join(extractedDir, zipEntry.name);
+    const sizeOk = (await stat(extracted)).size === zipEntry.size;
+    if (sizeOk && crc32(await readFile(extracted)) === zipEntry.crc) filesOk += 1;
+  }
+  check(filesOk === entries.length, `${entries.length - filesOk} extracted file(s) differ from the zip's`);
+  check(server.requests(missPath) === 1, 'extracting the cached zip downloaded it again');
+  startedAt = performance.now();
+  const extractedAgain = await cache.getOrExtract(MISS_KEY, () => {
+    throw new Error('an extraction hit must not fetch');
+  });
+  const extractHitMs = performance.now() - startedAt;
+  check(extractedAgain === extractedDir, 'the second getOrExtract was not a hit');
+  console.log(
+    `   ${filesOk} of ${entries.length} files match the zip's sizes and CRC-32s; server requests still ` +
+      `${server.requests(missPath)}; asked again: a hit in ${formatMs(extractHitMs)}\n`,
+  );
+
+  // 4. A stampede: separate processes, one lock per key, one download.
   const racePath = `/data/${RACE_KEY}`;
-  console.log(`3. ${RACERS} node processes call getOrFetch("${RACE_KEY}") at the same moment`);
+  console.log(`4. ${RACERS} node processes call getOrFetch("${RACE_KEY}") at the same moment`);
   const results = await race(root, `${server.origin}${racePath}`);
   const raceRequests = server.requests(racePath);
   for (const r of results) {
@@ -145,6 +175,9 @@ async function main() {
   );
   console.log(`  miss             ${formatMs(missMs)} (1 request)`);
   console.log(`  hit              ${formatMs(hitMs)} (0 requests)`);
+  console.log(
+    `  extraction       ${formatMs(extractMs)} (0 requests), then a hit in ${formatMs(extractHitMs)}`,
+  );
   console.log(
     `  ${RACERS}-process race   ${plural(raceRequests, 'request')}, ${plural(downloaders, 'download')}, ` +
       `${ok.length} processes served ` +

@@ -96,7 +96,7 @@ export function readZip(archive) {
     if (archive.readUInt32LE(localAt) !== LOCAL_HEADER) throw new Error(`${name}: bad local header`);
     const dataAt = localAt + 30 + archive.readUInt16LE(localAt + 26) + archive.readUInt16LE(localAt + 28);
     const crcOk = crc32(archive.subarray(dataAt, dataAt + size)) === crc;
-    entries.push({ name, size, crcOk });
+    entries.push({ name, size, crc, crcOk });
     at += 46 + nameLength + extraLength + commentLength;
   }
   return entries;
