@@ -1,6 +1,13 @@
+import { entryPaths } from './entry-paths.js';
 import { removeEntryIfUnchanged } from './entry-store.js';
+import { extractionBytesByKey, proveExtraction, removeExtractionIfUnchanged } from './extraction-on-disk.js';
 import type { SublayerPolicy } from './janitor.js';
-import { countEntriesByName, type ScannedEntry, scanSublayer } from './sublayer-scan.js';
+import {
+  countEntriesByName,
+  type ScannedEntry,
+  type ScannedExtraction,
+  scanSublayer,
+} from './sublayer-scan.js';
 import type { PruneReport } from './types.js';
 
 /** Least recently used first (to the millisecond, see lastUsedAtMs); ties broken by key so the order is stable. */
@@ -23,8 +30,9 @@ export function evictionShield(
 /**
  * After a write: removes least-recently-used entries while the sublayer is over `keepN` or `maxBytes`,
  * skipping the key just written, entries used within the in-use window and entries whose lock is held, and
- * re-checking each victim under its lock (a valid manifest, no use since the scan). The limits are exact,
- * but protected entries can keep a sublayer over them for a while.
+ * re-checking each victim under its lock (a valid manifest, no use since the scan). An entry's bytes include
+ * its extractions', which go with it (each only if it too is out of the in-use window). The limits are
+ * exact, but protected entries and extractions can keep a sublayer over them for a while.
  */
 export async function evict(policy: SublayerPolicy, justWrittenKey: string): Promise<PruneReport> {
   const report: PruneReport = { removed: [], kept: [], foreign: [] };
@@ -35,9 +43,11 @@ export async function evict(policy: SublayerPolicy, justWrittenKey: string): Pro
   ) {
     return report;
   }
-  const { entries } = await scanSublayer(policy.dir);
+  const { entries, extractions } = await scanSublayer(policy.dir);
+  const extractionBytes = await extractionBytesByKey(extractions);
+  const bytesOf = (entry: ScannedEntry) => entry.sizeBytes + (extractionBytes.get(entry.paths.key) ?? 0);
   let count = entries.length;
-  let bytes = entries.reduce((sum, entry) => sum + entry.sizeBytes, 0);
+  let bytes = entries.reduce((sum, entry) => sum + bytesOf(entry), 0);
   const nowMs = policy.freshness.nowMs;
   for (const entry of evictionOrder(entries)) {
     if (count <= policy.keepN && bytes <= policy.maxBytes) break;
@@ -59,6 +69,8 @@ export async function evict(policy: SublayerPolicy, justWrittenKey: string): Pro
     );
     if (outcome === 'removed') {
       report.removed.push({ key: entry.paths.key, path: entry.paths.payload, reason: 'evicted' });
+      const gone = extractions.filter((extraction) => extraction.key === entry.paths.key);
+      bytes -= await removeExtractionsOf(policy, gone, report);
     } else if (outcome !== 'changed') {
       report.kept.push({ key: entry.paths.key, reason: outcome });
       continue;
@@ -69,4 +81,33 @@ export async function evict(policy: SublayerPolicy, justWrittenKey: string): Pro
     bytes -= entry.sizeBytes;
   }
   return report;
+}
+
+/**
+ * Removes the extractions of an entry just evicted, each proven the cache's and out of the in-use window
+ * (a reader may be walking a tree whose archive was evicted); returns the bytes removed.
+ */
+async function removeExtractionsOf(
+  policy: SublayerPolicy,
+  extractions: readonly ScannedExtraction[],
+  report: PruneReport,
+): Promise<number> {
+  let removedBytes = 0;
+  for (const extraction of extractions) {
+    const proof = await proveExtraction(extraction.path, extraction.key, extraction.shaPrefix);
+    if (!proof || proof === 'empty' || !proof.marker.complete) continue;
+    const outcome = await removeExtractionIfUnchanged(
+      extraction,
+      entryPaths(policy.dir, extraction.key).lock,
+      { markerText: proof.markerText, lastUsedAtMs: proof.lastUsedAtMs },
+      { nowMs: policy.freshness.nowMs, inUseWindowMs: policy.inUseWindowMs },
+      policy.lockStaleMs,
+      policy.modes,
+    );
+    if (outcome === 'removed') {
+      report.removed.push({ key: extraction.key, path: extraction.path, reason: 'evicted' });
+      removedBytes += proof.marker.total_bytes ?? 0;
+    }
+  }
+  return removedBytes;
 }

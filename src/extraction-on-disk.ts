@@ -3,7 +3,9 @@ import path from 'node:path';
 import { z } from 'zod';
 import { EXTRACTION_MARKER_NAME, type ExtractionPaths, tmpPathFor } from './entry-paths.js';
 import { touchFile } from './entry-store.js';
-import { errorCode } from './file-system.js';
+import { type CreateModes, errorCode } from './file-system.js';
+import { whileLocked } from './soft-lock.js';
+import type { ScannedExtraction } from './sublayer-scan.js';
 
 /**
  * What an extraction is on disk, for the hit path and the janitors (no archive library is loaded here): its
@@ -114,6 +116,69 @@ export async function proveExtraction(
   }
   const names = await fsp.readdir(dir).catch(() => undefined);
   return names?.length === 0 ? 'empty' : undefined;
+}
+
+/** What a janitor saw of an extraction when it decided to remove it. */
+export interface SeenExtraction {
+  readonly markerText: string;
+  /** For removals that depend on disuse: the last use seen, required unchanged and outside the window. */
+  readonly lastUsedAtMs?: number;
+}
+
+/** When a removal that depends on disuse is judged: extractions used within the window stay. */
+export interface DisuseWindow {
+  readonly nowMs: number;
+  readonly inUseWindowMs: number;
+}
+
+export type ExtractionRemovalOutcome = 'removed' | 'gone' | 'changed' | 'recently-used' | 'locked';
+
+/**
+ * Removes the published extraction `extraction` only if it is still the one a janitor saw, checked under its
+ * key's lock just before acting: the same marker text and, when disuse was the reason, no use since and
+ * none within the window. `locked` when the key's lock is held, or when something inside is held open
+ * (Windows, SMB): a reader is using it, so it stays for now.
+ */
+export async function removeExtractionIfUnchanged(
+  extraction: ScannedExtraction,
+  lockPath: string,
+  seen: SeenExtraction,
+  window: DisuseWindow,
+  lockStaleMs: number,
+  modes?: CreateModes,
+): Promise<ExtractionRemovalOutcome> {
+  const outcome = await whileLocked(
+    lockPath,
+    lockStaleMs,
+    async (): Promise<ExtractionRemovalOutcome> => {
+      const proof = await proveExtraction(extraction.path, extraction.key, extraction.shaPrefix);
+      if (!proof) return 'gone';
+      if (proof === 'empty' || proof.markerText !== seen.markerText) return 'changed';
+      if (seen.lastUsedAtMs !== undefined) {
+        if (proof.lastUsedAtMs > window.nowMs - window.inUseWindowMs) return 'recently-used';
+        if (proof.lastUsedAtMs !== seen.lastUsedAtMs) return 'changed';
+      }
+      return (await removeExtraction(extraction.path)) ? 'removed' : 'locked';
+    },
+    modes,
+  );
+  return outcome ?? 'locked';
+}
+
+/**
+ * Bytes of content in each key's published extractions that a marker proves are the cache's: what
+ * `keepN`/`maxBytes` eviction adds to an entry's payload. One small read per extraction.
+ */
+export async function extractionBytesByKey(
+  extractions: readonly ScannedExtraction[],
+): Promise<Map<string, number>> {
+  const bytes = new Map<string, number>();
+  for (const extraction of extractions) {
+    const proof = await proveExtraction(extraction.path, extraction.key, extraction.shaPrefix);
+    if (!proof || proof === 'empty' || !proof.marker.complete) continue;
+    bytes.set(extraction.key, (bytes.get(extraction.key) ?? 0) + (proof.marker.total_bytes ?? 0));
+  }
+  return bytes;
 }
 
 /**

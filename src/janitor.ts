@@ -5,7 +5,12 @@ import { type EntryPaths, entryPaths, extractionOfName, MANIFEST_SUFFIX } from '
 import { lastUsedAtMs, lookupEntry, removeEntryIfUnchanged, retireManifest } from './entry-store.js';
 import { ForeignFileError, InvalidOptionsError } from './errors.js';
 import { evictionOrder, evictionShield } from './evictor.js';
-import { proveExtraction, removeExtraction, removeExtractionTree } from './extraction-on-disk.js';
+import {
+  extractionBytesByKey,
+  proveExtraction,
+  removeExtractionIfUnchanged,
+  removeExtractionTree,
+} from './extraction-on-disk.js';
 import { type CreateModes, lstatOrUndefined, removeFile } from './file-system.js';
 import {
   describesKey,
@@ -360,7 +365,7 @@ export async function planPrune(policy: SublayerPolicy): Promise<JanitorPlan> {
     } else builder.removeEntry(entry, 'expired', entryCheck(entry, entry.lastUsedAtMs));
   }
   await planOrphans(policy, scan, builder, { lonePayloadsAtAnyAge: false });
-  await planEviction(policy, remaining, builder);
+  await planEviction(policy, remaining, builder, await extractionBytesByKey(scan.extractions));
   await planExtractions(policy, scan.extractions, builder, 'prune', entriesGoing(builder.remove));
   return builder.plan();
 }
@@ -382,13 +387,16 @@ const ENTRY_REASONS: ReadonlySet<RemovalReason> = new Set([
   'wrong-key',
 ]);
 
+/** `extractionBytes`: what each key's extractions add to its entry's bytes (they go with it). */
 async function planEviction(
   policy: SublayerPolicy,
   entries: ReadEntry[],
   builder: PlanBuilder,
+  extractionBytes: ReadonlyMap<string, number>,
 ): Promise<void> {
+  const bytesOf = (entry: ReadEntry) => entry.sizeBytes + (extractionBytes.get(entry.paths.key) ?? 0);
   let count = entries.length;
-  let bytes = entries.reduce((sum, entry) => sum + entry.sizeBytes, 0);
+  let bytes = entries.reduce((sum, entry) => sum + bytesOf(entry), 0);
   for (const entry of evictionOrder(entries)) {
     if (count <= policy.keepN && bytes <= policy.maxBytes) break;
     const shield = await protection(entry, policy, undefined);
@@ -399,7 +407,7 @@ async function planEviction(
     }
     builder.removeEntry(entry, 'evicted', entryCheck(entry, entry.lastUsedAtMs));
     count -= 1;
-    bytes -= entry.sizeBytes;
+    bytes -= bytesOf(entry);
   }
 }
 
@@ -559,24 +567,19 @@ async function execute(check: Check, policy: SublayerPolicy): Promise<Outcome> {
       return (await removeFile(check.path)) ? 'removed' : 'gone';
     }
     case 'extraction': {
-      const outcome = await whileLocked(
+      const name = extractionNameOf(check.path);
+      if (!name) return 'gone';
+      const extraction = { path: check.path, ...name };
+      const seen = { markerText: check.markerText, lastUsedAtMs: check.lastUsedAtMs };
+      const window = { nowMs: policy.freshness.nowMs, inUseWindowMs: policy.inUseWindowMs };
+      return removeExtractionIfUnchanged(
+        extraction,
         check.lock,
+        seen,
+        window,
         policy.lockStaleMs,
-        async (): Promise<Outcome> => {
-          const name = extractionNameOf(check.path);
-          const proof = name && (await proveExtraction(check.path, name.key, name.shaPrefix));
-          if (!proof) return 'gone';
-          if (proof === 'empty' || proof.markerText !== check.markerText) return 'changed';
-          if (check.lastUsedAtMs !== undefined) {
-            if (proof.lastUsedAtMs > policy.freshness.nowMs - policy.inUseWindowMs) return 'recently-used';
-            if (proof.lastUsedAtMs !== check.lastUsedAtMs) return 'changed';
-          }
-          // Held open inside (Windows, SMB): a reader is using it, so it stays for now.
-          return (await removeExtraction(check.path)) ? 'removed' : 'locked';
-        },
         policy.modes,
       );
-      return outcome ?? 'locked';
     }
     case 'extraction-tmp': {
       const outcome = await whileLocked(

@@ -159,3 +159,56 @@ describe('the sweep and prune remove an extraction’s tmp directory left by a d
     expect(path.dirname(old)).toBe(dir);
   });
 });
+
+describe('keepN and maxBytes count an extraction’s bytes, and its extractions go with an evicted entry', () => {
+  /** An archive of 300 KB of zeros: about 1 KB to store, 300 KB extracted. */
+  const bulky = (seed: number) => buildZip([{ name: `zeros-${seed}.bin`, content: Buffer.alloc(300_000) }]);
+
+  async function twoEntries(maxBytes: number) {
+    const clock = manualClock(Date.now());
+    const root = await makeTempDir('payload-cache-extraction-eviction-');
+    const cache = new CacheManager({
+      sublayer: SUBLAYER,
+      root,
+      ttl: Number.POSITIVE_INFINITY,
+      maxBytes,
+      now: clock.now,
+    });
+    const first = path.dirname(
+      await cache.getOrExtract('first.zip', () => bulky(1), { maxCompressionRatio: 1_000 }),
+    );
+    clock.advance(2 * IN_USE_WINDOW_MS);
+    const second = path.dirname(
+      await cache.getOrExtract('second.zip', () => bulky(2), { maxCompressionRatio: 1_000 }),
+    );
+    return { cache, clock, first, second };
+  }
+
+  it('a write over maxBytes evicts the least recently used entry with its extraction', async () => {
+    const { first, second } = await twoEntries(400_000);
+    expect(await exists(first)).toBe(false);
+    expect(await exists(second)).toBe(true);
+  });
+
+  it('within maxBytes, nothing goes', async () => {
+    const { first, second } = await twoEntries(700_000);
+    expect(await exists(first)).toBe(true);
+    expect(await exists(second)).toBe(true);
+  });
+
+  it('prune evicts by the same count', async () => {
+    const { clock, first, second } = await twoEntries(700_000);
+    clock.advance(2 * IN_USE_WINDOW_MS);
+    const pruned = new CacheManager({
+      sublayer: SUBLAYER,
+      root: path.dirname(path.dirname(first)),
+      ttl: Number.POSITIVE_INFINITY,
+      maxBytes: 400_000,
+      now: clock.now,
+    });
+    const report = await pruned.prune();
+    expect(report.removed).toContainEqual({ key: 'first.zip', path: first, reason: 'evicted' });
+    expect(await exists(first)).toBe(false);
+    expect(await exists(second)).toBe(true);
+  });
+});
