@@ -1,6 +1,10 @@
 import { entryPaths } from './entry-paths.js';
 import { removeEntryIfUnchanged } from './entry-store.js';
-import { extractionBytesByKey, proveExtraction, removeExtractionIfUnchanged } from './extraction-on-disk.js';
+import {
+  extractionBytesByKey,
+  provePublishedExtraction,
+  removeExtractionIfUnchanged,
+} from './extraction-on-disk.js';
 import type { SublayerPolicy } from './janitor.js';
 import {
   countEntriesByName,
@@ -94,8 +98,8 @@ async function removeExtractionsOf(
 ): Promise<number> {
   let removedBytes = 0;
   for (const extraction of extractions) {
-    const proof = await proveExtraction(extraction.path, extraction.key, extraction.shaPrefix);
-    if (!proof || proof === 'empty' || !proof.marker.complete) continue;
+    const proof = await provePublishedExtraction(extraction);
+    if (!proof) continue;
     const outcome = await removeExtractionIfUnchanged(
       extraction,
       entryPaths(policy.dir, extraction.key).lock,

@@ -1,7 +1,15 @@
-import { constants, promises as fsp, type Stats } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { constants, createReadStream, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
+import readline from 'node:readline';
 import { z } from 'zod';
-import { EXTRACTION_MARKER_NAME, type ExtractionPaths, tmpPathFor } from './entry-paths.js';
+import {
+  EXTRACTION_CONTENT_NAME,
+  EXTRACTION_FILE_LIST_NAME,
+  EXTRACTION_MARKER_NAME,
+  type ExtractionPaths,
+  tmpPathFor,
+} from './entry-paths.js';
 import { touchFile } from './entry-store.js';
 import { type CreateModes, errorCode } from './file-system.js';
 import { whileLocked } from './soft-lock.js';
@@ -118,6 +126,17 @@ export async function proveExtraction(
   return names?.length === 0 ? 'empty' : undefined;
 }
 
+/**
+ * The proof for a directory at a published extraction's name: the cache publishes only complete,
+ * non-empty extractions, so anything less there is not its own (`undefined`).
+ */
+export async function provePublishedExtraction(
+  extraction: ScannedExtraction,
+): Promise<ExtractionProof | undefined> {
+  const proof = await proveExtraction(extraction.path, extraction.key, extraction.shaPrefix);
+  return proof && proof !== 'empty' && proof.marker.complete ? proof : undefined;
+}
+
 /** What a janitor saw of an extraction when it decided to remove it. */
 export interface SeenExtraction {
   readonly markerText: string;
@@ -174,8 +193,8 @@ export async function extractionBytesByKey(
 ): Promise<Map<string, number>> {
   const bytes = new Map<string, number>();
   for (const extraction of extractions) {
-    const proof = await proveExtraction(extraction.path, extraction.key, extraction.shaPrefix);
-    if (!proof || proof === 'empty' || !proof.marker.complete) continue;
+    const proof = await provePublishedExtraction(extraction);
+    if (!proof) continue;
     bytes.set(extraction.key, (bytes.get(extraction.key) ?? 0) + (proof.marker.total_bytes ?? 0));
   }
   return bytes;
@@ -226,4 +245,57 @@ export async function removeExtractionTree(target: string): Promise<boolean> {
 
 function ignoreMissing(error: unknown): void {
   if (errorCode(error) !== 'ENOENT') throw error;
+}
+
+const fileLineSchema = z.object({
+  path: z.string(),
+  size_bytes: z.number().int().nonnegative(),
+  sha256: z
+    .string()
+    .regex(/^[0-9a-f]{64}$/)
+    .optional(),
+});
+
+/**
+ * `verify` of one published extraction: every file its list names is a regular file below `content/` with
+ * the recorded size and, where one is recorded, sha256 (read whole: this is the slow, thorough check); the
+ * list holds as many files as the marker says. `undefined` when all is well.
+ */
+export async function checkExtractionFiles(
+  dir: string,
+  marker: ExtractionMarker,
+): Promise<'size-mismatch' | 'hash-mismatch' | undefined> {
+  const content = path.join(dir, EXTRACTION_CONTENT_NAME);
+  let listed = 0;
+  let hashProblem = false;
+  try {
+    const lines = readline.createInterface({
+      input: createReadStream(path.join(dir, EXTRACTION_FILE_LIST_NAME)),
+    });
+    for await (const line of lines) {
+      if (line === '') continue;
+      const file = fileLineSchema.parse(JSON.parse(line));
+      listed += 1;
+      // Names were vetted when the archive was extracted; a list edited since must not lead outside.
+      const filePath = path.join(content, ...file.path.split('/'));
+      if (path.relative(content, filePath).startsWith('..')) return 'size-mismatch';
+      const stats = await fsp.lstat(filePath).catch(() => undefined);
+      if (!stats?.isFile() || stats.size !== file.size_bytes) return 'size-mismatch';
+      if (file.sha256 !== undefined && (await sha256Of(filePath)) !== file.sha256) hashProblem = true;
+    }
+  } catch {
+    return 'size-mismatch'; // no list, or not one the cache wrote: the tree cannot be vouched for
+  }
+  if (marker.file_count !== undefined && listed !== marker.file_count) return 'size-mismatch';
+  return hashProblem ? 'hash-mismatch' : undefined;
+}
+
+async function sha256Of(filePath: string): Promise<string | undefined> {
+  const hash = createHash('sha256');
+  try {
+    for await (const chunk of createReadStream(filePath)) hash.update(chunk as Buffer);
+  } catch {
+    return undefined;
+  }
+  return hash.digest('hex');
 }

@@ -6,8 +6,10 @@ import { lastUsedAtMs, lookupEntry, removeEntryIfUnchanged, retireManifest } fro
 import { ForeignFileError, InvalidOptionsError } from './errors.js';
 import { evictionOrder, evictionShield } from './evictor.js';
 import {
+  checkExtractionFiles,
   extractionBytesByKey,
   proveExtraction,
+  provePublishedExtraction,
   removeExtractionIfUnchanged,
   removeExtractionTree,
 } from './extraction-on-disk.js';
@@ -246,9 +248,8 @@ async function planExtractions(
 ): Promise<void> {
   for (const extraction of extractions) {
     const { key, path: dir } = extraction;
-    const proof = await proveExtraction(dir, key, extraction.shaPrefix);
-    // The cache never publishes an incomplete or empty extraction: such a directory is not its own.
-    if (!proof || proof === 'empty' || !proof.marker.complete) {
+    const proof = await provePublishedExtraction(extraction);
+    if (!proof) {
       builder.foreign.push({ path: dir, reason: 'unproven-extraction' });
       continue;
     }
@@ -619,11 +620,48 @@ export async function verifySublayer(policy: SublayerPolicy, fix: boolean): Prom
     if (problem) builder.removeEntry(entry, problem, entryCheck(entry));
     else checked += 1;
   }
+  checked += await verifyExtractions(policy, scan.extractions, builder);
   await planOrphans(policy, scan, builder, { lonePayloadsAtAnyAge: true });
   const plan = builder.plan();
   const bad = plan.remove.map(reportItem);
   const removed = fix ? (await carryOut(policy, plan)).removed : [];
   return { checked, bad, removed, foreign: [...plan.foreign] };
+}
+
+/**
+ * Checks every published extraction the cache can prove it made, file by file; plans the removal of the bad
+ * ones (carried out with `fix`, whatever their last use: their files are not what was extracted). Returns
+ * how many passed. Unproven ones are foreign.
+ */
+async function verifyExtractions(
+  policy: SublayerPolicy,
+  extractions: readonly ScannedExtraction[],
+  builder: PlanBuilder,
+): Promise<number> {
+  let passed = 0;
+  for (const extraction of extractions) {
+    const proof = await provePublishedExtraction(extraction);
+    if (!proof) {
+      builder.foreign.push({ path: extraction.path, reason: 'unproven-extraction' });
+      continue;
+    }
+    const problem = await checkExtractionFiles(extraction.path, proof.marker);
+    if (!problem) {
+      passed += 1;
+      continue;
+    }
+    const { lock } = entryPaths(policy.dir, extraction.key);
+    builder.add(
+      {
+        key: extraction.key,
+        path: extraction.path,
+        reason: problem,
+        sizeBytes: proof.marker.total_bytes ?? 0,
+      },
+      { kind: 'extraction', path: extraction.path, lock, markerText: proof.markerText },
+    );
+  }
+  return passed;
 }
 
 /** The key and sha256 prefix of a published extraction's directory, from its name. */

@@ -233,7 +233,10 @@ export interface PruneReport {
 
 /** What `verify()` found and, with `fix: true`, removed. */
 export interface VerifyReport {
-  /** Entries that passed: the payload has the manifest's size and (when the manifest has one) its sha256. */
+  /**
+   * Entries that passed (the payload has the manifest's size and, when the manifest has one, its sha256),
+   * and extractions that passed (every listed file has its recorded size and sha256).
+   */
   checked: number;
   /** Entries (and orphans) found bad. */
   bad: ReportItem[];

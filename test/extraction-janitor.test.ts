@@ -212,3 +212,36 @@ describe('keepN and maxBytes count an extraction’s bytes, and its extractions 
     expect(await exists(second)).toBe(true);
   });
 });
+
+describe('verify checks every extracted file', () => {
+  it('counts a whole extraction as checked', async () => {
+    const { cache, extract } = await setup(Number.POSITIVE_INFINITY);
+    await extract();
+    const report = await cache.verify();
+    expect(report).toMatchObject({ checked: 2, bad: [], removed: [] });
+  });
+
+  it('finds a file changed in place (same size: only its sha256 tells), and fix removes the extraction', async () => {
+    const { cache, extract } = await setup(Number.POSITIVE_INFINITY);
+    const extraction = await extract();
+    await fsp.writeFile(path.join(extraction, 'content', 'notes.txt'), 'release 9\n');
+    const report = await cache.verify();
+    expect(report.bad).toEqual([{ key: KEY, path: extraction, reason: 'hash-mismatch' }]);
+    expect(await exists(extraction)).toBe(true);
+    const fixed = await cache.verify({ fix: true });
+    expect(fixed.removed).toEqual([{ key: KEY, path: extraction, reason: 'hash-mismatch' }]);
+    expect(await exists(extraction)).toBe(false);
+    // The next call extracts the archive again.
+    expect(await extract()).toBe(extraction);
+    expect(await fsp.readFile(path.join(extraction, 'content', 'notes.txt'), 'utf8')).toBe('release 1\n');
+  });
+
+  it('finds a file removed or resized', async () => {
+    const { cache, extract } = await setup(Number.POSITIVE_INFINITY);
+    const extraction = await extract();
+    await fsp.appendFile(path.join(extraction, 'content', 'notes.txt'), 'more');
+    expect((await cache.verify()).bad).toEqual([{ key: KEY, path: extraction, reason: 'size-mismatch' }]);
+    await fsp.rm(path.join(extraction, 'content', 'notes.txt'));
+    expect((await cache.verify()).bad).toEqual([{ key: KEY, path: extraction, reason: 'size-mismatch' }]);
+  });
+});
