@@ -27,6 +27,7 @@ export type { CacheManagerOptions } from './options.js';
 export {
   type Body,
   type EntryInfo,
+  type ExtractionInfo,
   type FetchContext,
   type FetchedBody,
   type FetchFn,

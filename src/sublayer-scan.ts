@@ -3,16 +3,18 @@ import path from 'node:path';
 import {
   classifyName,
   type EntryPaths,
+  EXTRACTION_CONTENT_NAME,
   entryPaths,
   extractionOfName,
   MANIFEST_SUFFIX,
   tmpNameTarget,
 } from './entry-paths.js';
 import { lastUsedAtMs, lookupEntry } from './entry-store.js';
+import { provePublishedExtraction } from './extraction-on-disk.js';
 import { assertRealDir, errorCode, lstatOrUndefined } from './file-system.js';
 import type { Layer } from './layers.js';
 import { type Freshness, parseTimestamp } from './manifest.js';
-import type { EntryInfo, ForeignItem } from './types.js';
+import type { EntryInfo, ExtractionInfo, ForeignItem } from './types.js';
 
 /** A committed-looking entry: a regular payload file and a regular manifest file beside it, by name. */
 export interface ScannedEntry {
@@ -200,7 +202,8 @@ export async function forEachLimited<T>(
 
 /** Committed entries (fresh and expired) with their facts, most recently used first. Changes nothing. */
 export async function listEntries(layer: Layer, freshness: Freshness): Promise<EntryInfo[]> {
-  const { entries } = await scanSublayer(layer.dir);
+  const { entries, extractions } = await scanSublayer(layer.dir);
+  const extractionsByKey = await extractionInfos(extractions);
   const infos: EntryInfo[] = [];
   await forEachLimited(entries, 64, async ({ paths }) => {
     const found = await lookupEntry(paths, freshness);
@@ -215,7 +218,43 @@ export async function listEntries(layer: Layer, freshness: Freshness): Promise<E
       root: layer.root,
       readOnly: layer.readOnly,
       ...(found.manifest.sha256 ? { sha256: found.manifest.sha256 } : {}),
+      ...extractionsOf(extractionsByKey.get(paths.key), found.manifest.sha256),
     });
   });
   return infos.sort((a, b) => b.lastUsedAt.getTime() - a.lastUsedAt.getTime());
+}
+
+/** The proven extractions of each key, with their facts; `current` is settled per entry. */
+async function extractionInfos(
+  extractions: readonly ScannedExtraction[],
+): Promise<Map<string, ExtractionInfo[]>> {
+  const byKey = new Map<string, ExtractionInfo[]>();
+  await forEachLimited(extractions, 16, async (extraction) => {
+    const proof = await provePublishedExtraction(extraction);
+    if (!proof) return;
+    const { marker } = proof;
+    const list = byKey.get(extraction.key) ?? [];
+    list.push({
+      path: path.join(extraction.path, EXTRACTION_CONTENT_NAME),
+      archiveSha256: marker.archive_sha256,
+      current: false,
+      fileCount: marker.file_count ?? 0,
+      sizeBytes: marker.total_bytes ?? 0,
+      createdAt: new Date(parseTimestamp(marker.created_at)),
+      lastUsedAt: new Date(proof.lastUsedAtMs),
+    });
+    byKey.set(extraction.key, list);
+  });
+  return byKey;
+}
+
+function extractionsOf(
+  infos: readonly ExtractionInfo[] | undefined,
+  archiveSha256: string | undefined,
+): { extractions?: ExtractionInfo[] } {
+  if (!infos) return {};
+  const extractions = infos
+    .map((info) => ({ ...info, current: info.archiveSha256 === archiveSha256 }))
+    .sort((a, b) => Number(b.current) - Number(a.current) || b.lastUsedAt.getTime() - a.lastUsedAt.getTime());
+  return { extractions };
 }

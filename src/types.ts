@@ -128,6 +128,24 @@ export interface EntryInfo {
   root: string;
   /** Whether that root is one of the manager's read-only roots (never touched, evicted or removed by it). */
   readOnly: boolean;
+  /** The archive's extractions made by `getOrExtract`, when it has any: the current one and older ones. */
+  extractions?: ExtractionInfo[];
+}
+
+/** One extraction of an entry's archive, as `list()` reports it. */
+export interface ExtractionInfo {
+  /** Absolute path of the directory holding the extracted files (what `getOrExtract` returned). */
+  path: string;
+  /** The sha256 of the archive it was extracted from. */
+  archiveSha256: string;
+  /** Whether it is the extraction of the archive now in the entry (older ones go once out of use). */
+  current: boolean;
+  fileCount: number;
+  /** Bytes of extracted content. */
+  sizeBytes: number;
+  createdAt: Date;
+  /** Last recorded use (its marker's mtime). */
+  lastUsedAt: Date;
 }
 
 /** Why a file was removed, or found bad, by `prune()`, `clear()` or `verify()`. */

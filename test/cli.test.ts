@@ -3,6 +3,7 @@ import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { LineProgress } from '../src/cli/progress.js';
 import { formatBytes, formatDuration, parseDuration, parseSize } from '../src/cli/units.js';
+import { buildZip } from './archive-builders.js';
 import {
   buildCliIfStale,
   DAY_MS,
@@ -478,6 +479,33 @@ describe('fetch', () => {
       expect(result.stdout).not.toMatch(/^data\.bin: \d+% /m); // not the plain lines meant for logs
     },
   );
+
+  it('--extract prints the directory of the extracted archive; ls lists the extraction under its entry', async () => {
+    const zip = buildZip([{ name: 'weo/gdp.csv', content: 'year,gdp\n2024,1.0\n' }]);
+    const server = await startServer((req, res) => servePayload(req, res, zip, { etag: '"z1"' }));
+    const args = ['fetch', server.url('/files/weo.zip'), '--sublayer', 'dl', '--root', root, '--extract'];
+    const first = await run(args);
+    expect(first.code).toBe(0);
+    const dir = first.stdout.trim();
+    expect(dir).toBe(path.join(root, 'dl', `weo.zip.extracted.${sha256(zip).slice(0, 16)}`, 'content'));
+    expect(await fsp.readFile(path.join(dir, 'weo', 'gdp.csv'), 'utf8')).toBe('year,gdp\n2024,1.0\n');
+    expect(first.stderr).toContain('weo.zip: downloaded and extracted in');
+    const second = await run(args);
+    expect(second.stdout).toBe(first.stdout);
+    expect(second.stderr).toContain('already cached');
+    expect(server.requests).toHaveLength(1);
+
+    const listing = await run(['ls', '--sublayer', 'dl', '--root', root]);
+    expect(listing.stdout).toMatch(/^ {4}extracted \(current, 1 file\) +18 B /m);
+    const json = JSON.parse((await run(['ls', '--sublayer', 'dl', '--root', root, '--json'])).stdout);
+    expect(json.sublayers[0].entries[0].extractions).toEqual([
+      expect.objectContaining({ path: dir, current: true, fileCount: 1, sizeBytes: 18 }),
+    ]);
+    expect(json.totalBytes).toBe(zip.length + 18);
+    const misuse = await run(['fetch', server.url('/files/weo.zip'), '--sublayer', 'dl', '--format', 'zip']);
+    expect(misuse.code).toBe(2);
+    expect(misuse.stderr).toContain('--format goes with --extract');
+  });
 
   it('a second fetch is a hit: no request, the same path', async () => {
     const server = await startServer((req, res) => servePayload(req, res, payload));

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { type CacheStats, type FetchFn, httpFetcher, NOT_MODIFIED } from '../index.js';
+import { ARCHIVE_FORMATS } from '../archive-safety.js';
+import { type ArchiveFormat, type CacheStats, type FetchFn, httpFetcher, NOT_MODIFIED } from '../index.js';
 import {
   type Command,
   type CommandInput,
@@ -22,8 +23,8 @@ export const fetchCommand: Command = {
   name: 'fetch',
   summary: 'Download a URL (or a mirror of it) into the cache and print its path',
   help: `Usage: payload-cache fetch <url> [<url>...] --sublayer S [--key K] [--ttl DURATION] [--refresh]
-                           [--retries N] [--keep-n N] [--max-bytes SIZE] [--offline] [--shared group]
-                           [--root DIR]
+                           [--extract [--format F]] [--retries N] [--keep-n N] [--max-bytes SIZE]
+                           [--offline] [--shared group] [--root DIR]
 
 Downloads <url> into the cache with the library's httpFetcher (streamed to disk, retried, resumed,
 checked against Content-Length) and prints the payload's absolute path on stdout, so that
@@ -47,6 +48,11 @@ error (exit 1) naming every root searched.
 Progress goes to stderr: on a terminal a bar with bytes, rate and ETA; otherwise a plain line at every
 10 % (every 10 MiB when the server sends no Content-Length).
 
+With --extract the payload is an archive (zip, tar, tar.gz or a single gzip file, detected from its
+bytes) and the directory holding its extracted files is printed instead: one extraction per archive
+version, published whole, never a partial directory; a hostile archive (a name leading outside, a link,
+a device, a zip bomb) is refused and nothing of it is kept.
+
 Options:
   --sublayer S       The sublayer to store it in (required)
   --key K            The entry's key. Default: the first URL's last path segment, percent-decoded;
@@ -55,6 +61,8 @@ Options:
   --ttl DURATION     An entry older than this is fetched again (a 304 answer renews it without a
                      download): 7d, 12h, 30m, 45s, 500ms or Infinity. Default Infinity: any entry is a hit
   --refresh          Download even if a fresh entry exists
+  --extract          Print the directory of the extracted archive, extracting it first if needed
+  --format F         With --extract: zip, tar, tar.gz or gzip, when detection from the bytes is not wanted
   --retries N        Retries of each URL after a network error, a timeout or a 408/429/5xx answer.
                      Default 3
   --keep-n N         Afterwards, evict least recently used entries of the sublayer down to exactly N
@@ -66,6 +74,8 @@ Options:
     key: { type: 'string' },
     ttl: { type: 'string' },
     refresh: { type: 'boolean' },
+    extract: { type: 'boolean' },
+    format: { type: 'string' },
     retries: { type: 'string' },
     'keep-n': { type: 'string' },
     'max-bytes': { type: 'string' },
@@ -105,25 +115,41 @@ async function runFetch(input: CommandInput, io: Io): Promise<number> {
   const onSigint = () => interrupt.abort(new InterruptedError());
   process.once('SIGINT', onSigint);
   const startMs = Date.now();
-  let payloadPath: string;
+  const extract = flag(input, 'extract');
+  const format = formatOf(input, extract);
+  const options = { signal: interrupt.signal, refresh: flag(input, 'refresh') };
+  let printedPath: string;
   try {
-    payloadPath = await cache.getOrFetch(key, fetchFn, {
-      signal: interrupt.signal,
-      refresh: flag(input, 'refresh'),
-    });
+    printedPath = extract
+      ? await cache.getOrExtract(key, fetchFn, format === undefined ? options : { ...options, format })
+      : await cache.getOrFetch(key, fetchFn, options);
   } finally {
     progress.stop();
     process.off('SIGINT', onSigint);
   }
   const elapsed = formatDuration(Date.now() - startMs);
-  if (outcome === 'hit') io.err(`${key}: ${describeHit(cache.stats(), payloadPath, root, ttlMs)}`);
+  const stats = cache.stats();
+  if (outcome === 'hit' && extract && stats.misses > 0) {
+    io.err(`${key}: the cached archive extracted in ${elapsed}`);
+  } else if (outcome === 'hit') io.err(`${key}: ${describeHit(stats, printedPath, root, ttlMs)}`);
   else if (outcome === 'renewed') io.err(`${key}: not modified on the server, entry renewed in ${elapsed}`);
+  else if (extract) io.err(`${key}: downloaded and extracted in ${elapsed}`);
   else {
-    const { size } = await fsp.stat(payloadPath);
+    const { size } = await fsp.stat(printedPath);
     io.err(`${key}: downloaded ${formatBytes(size)} in ${elapsed}`);
   }
-  io.out(payloadPath);
+  io.out(printedPath);
   return EXIT_OK;
+}
+
+function formatOf(input: CommandInput, extract: boolean): ArchiveFormat | undefined {
+  const text = stringOption(input, 'format');
+  if (text === undefined) return undefined;
+  if (!extract) throw new UsageError('--format goes with --extract');
+  if (!ARCHIVE_FORMATS.includes(text as ArchiveFormat)) {
+    throw new UsageError(`--format must be one of ${ARCHIVE_FORMATS.join(', ')}, got "${text}"`);
+  }
+  return text as ArchiveFormat;
 }
 
 function describeHit(stats: CacheStats, payloadPath: string, root: string, ttlMs: number): string {

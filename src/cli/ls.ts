@@ -37,7 +37,9 @@ export const lsCommand: Command = {
 
 Lists each sublayer (a directory under the cache root) and its committed entries, most recently used
 first: key, size, age (since the manifest's created_at), last use (the payload's mtime) and whether the
-entry has expired, with totals per sublayer and overall. Lists only: it changes nothing on disk (no
+entry has expired, with totals per sublayer and overall. An archive extracted by getOrExtract (or
+fetch --extract) has a line per extraction under it: the current one and those of older archives still
+kept, with their files, bytes (counted in the totals), age and last use. Lists only: it changes nothing on disk (no
 sweep, no last-use update). Exits 1 when the root or --sublayer does not exist, or a sublayer could not
 be read (the others are still listed).
 
@@ -46,7 +48,9 @@ Options:
 ${TTL_HELP}
   --json           Print JSON: { root, readOnlyRoots, ttlMs (null = Infinity), entryCount, totalBytes,
                    sublayers: [{ name, path, entryCount, totalBytes, entries: [{ key, path,
-                   sizeBytes, createdAt, lastUsedAt, ageMs, expired, sha256, root, readOnly }] }] }
+                   sizeBytes, createdAt, lastUsedAt, ageMs, expired, sha256, root, readOnly,
+                   extractions?: [{ path, archiveSha256, current, fileCount, sizeBytes, createdAt,
+                   lastUsedAt }] }] }] }
 
 With PAYLOAD_CACHE_READONLY_ROOTS set (read-only roots joined with '${path.delimiter}'), their entries are listed
 too, in a LAYER column: "own" for the root's own entries, else the read-only root they are in.`,
@@ -96,13 +100,24 @@ export function renderListing(
       lines.push('  (no entries)');
       continue;
     }
-    const rows = entries.map((entry) => [
-      entry.key,
-      formatBytes(entry.sizeBytes),
-      formatDuration(nowMs - entry.createdAt.getTime()),
-      formatAgo(nowMs - entry.lastUsedAt.getTime()),
-      entry.expired ? 'yes' : 'no',
-      ...(layered ? [entry.readOnly ? entry.root : 'own'] : []),
+    const rows = entries.flatMap((entry) => [
+      [
+        entry.key,
+        formatBytes(entry.sizeBytes),
+        formatDuration(nowMs - entry.createdAt.getTime()),
+        formatAgo(nowMs - entry.lastUsedAt.getTime()),
+        entry.expired ? 'yes' : 'no',
+        ...(layered ? [entry.readOnly ? entry.root : 'own'] : []),
+      ],
+      // Each extraction of the archive on a line of its own under it, its bytes counted in the totals.
+      ...(entry.extractions ?? []).map((extraction) => [
+        `  extracted (${extraction.current ? 'current' : 'older archive'}, ${plural(extraction.fileCount, 'file')})`,
+        formatBytes(extraction.sizeBytes),
+        formatDuration(nowMs - extraction.createdAt.getTime()),
+        formatAgo(nowMs - extraction.lastUsedAt.getTime()),
+        '',
+        ...(layered ? [''] : []),
+      ]),
     ]);
     const headers = ['KEY', 'SIZE', 'AGE', 'LAST USED', 'EXPIRED', ...(layered ? ['LAYER'] : [])];
     lines.push(
@@ -155,5 +170,18 @@ export function entryJson(entry: EntryInfo, nowMs: number) {
     sha256: entry.sha256 ?? null,
     root: entry.root,
     readOnly: entry.readOnly,
+    ...(entry.extractions
+      ? {
+          extractions: entry.extractions.map((extraction) => ({
+            path: extraction.path,
+            archiveSha256: extraction.archiveSha256,
+            current: extraction.current,
+            fileCount: extraction.fileCount,
+            sizeBytes: extraction.sizeBytes,
+            createdAt: extraction.createdAt.toISOString(),
+            lastUsedAt: extraction.lastUsedAt.toISOString(),
+          })),
+        }
+      : {}),
   };
 }

@@ -122,6 +122,11 @@ export async function eachSublayer<T>(
   return { done, failed };
 }
 
-export function totalBytes(entries: readonly { sizeBytes: number }[]): number {
-  return entries.reduce((sum, entry) => sum + entry.sizeBytes, 0);
+/** Bytes on disk: the payloads, and the content of their extractions. */
+export function totalBytes(
+  entries: readonly { sizeBytes: number; extractions?: readonly { sizeBytes: number }[] | undefined }[],
+): number {
+  const extracted = (entry: (typeof entries)[number]) =>
+    (entry.extractions ?? []).reduce((sum, extraction) => sum + extraction.sizeBytes, 0);
+  return entries.reduce((sum, entry) => sum + entry.sizeBytes + extracted(entry), 0);
 }
