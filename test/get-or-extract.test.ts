@@ -1,16 +1,20 @@
 import { spawn } from 'node:child_process';
 import diagnosticsChannel from 'node:diagnostics_channel';
+import { once } from 'node:events';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { CacheManager } from '../src/cache-manager.js';
 import { ArchiveUnsafeError, InvalidOptionsError } from '../src/errors.js';
+import { httpFetcher } from '../src/http-fetcher.js';
 import { type FetchFn, NOT_MODIFIED } from '../src/types.js';
 import { buildZip } from './archive-builders.js';
-import { makeTempDir, manualClock, patternBytes, rejectionOf, removeTempDirs, sha256 } from './helpers.js';
+import { makeTempDir, manualClock, patternBytes, rejectionOf, sha256 } from './helpers.js';
+import { isolateHttpTests, servePayload, startServer } from './http-servers.js';
 
-afterEach(removeTempDirs);
+// Every test: proxy variables cleared, servers closed, tmp dirs removed, no uncaught exception.
+isolateHttpTests();
 
 const SUBLAYER = 'archives';
 const KEY = 'weo.zip';
@@ -239,5 +243,64 @@ describe('getOrExtract across processes', () => {
     }
     const sublayer = await fsp.readdir(path.join(config.root, SUBLAYER));
     expect(sublayer.filter((name) => name.includes('.tmp.'))).toEqual([]);
+  });
+});
+
+describe('getOrExtract with other programs and servers', () => {
+  const HOLDER = fileURLToPath(new URL('./fixtures/hold-open.mjs', import.meta.url));
+
+  it('a reader in another process holds a file of the old extraction open while a new archive is extracted', async () => {
+    const clock = manualClock();
+    const { cache } = await manager({ ttl: 60_000, now: clock.now });
+    let release = 1;
+    const old = await cache.getOrExtract(KEY, counting(() => goodZip(release)).fetchFn);
+    const holder = spawn(process.execPath, [HOLDER, path.join(old, 'weo/gdp.csv')], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    try {
+      const [line] = (await once(holder.stdout, 'data')) as [Buffer];
+      expect(line.toString()).toMatch(/^open 16/);
+      clock.advance(120_000);
+      release = 2;
+      const renewed = await cache.getOrExtract(KEY, counting(() => goodZip(release)).fetchFn);
+      expect(renewed).not.toBe(old);
+      expect(await fsp.readFile(path.join(renewed, 'weo/README.txt'), 'utf8')).toBe('release 2\n');
+      // The old tree is whole and unchanged while the other process holds it.
+      expect(sha256(await fsp.readFile(path.join(old, 'weo/gdp.csv')))).toBe(
+        sha256(patternBytes(200_000, 1)),
+      );
+      expect(await fsp.readFile(path.join(old, 'weo/README.txt'), 'utf8')).toBe('release 1\n');
+    } finally {
+      const exited = once(holder, 'exit');
+      holder.stdin.end();
+      await exited;
+    }
+  });
+
+  it('an upstream change is picked up through ETag revalidation; an unchanged archive (304) keeps its directory', async () => {
+    const clock = manualClock();
+    const { cache } = await manager({ ttl: 60_000, now: clock.now });
+    let served = goodZip(1);
+    let etag = '"r1"';
+    const server = await startServer((req, res) => {
+      if (req.headers['if-none-match'] === etag) {
+        res.writeHead(304, { etag });
+        res.end();
+        return;
+      }
+      servePayload(req, res, served, { etag });
+    });
+    const fetchFn = httpFetcher(server.url('/weo.zip'));
+    const first = await cache.getOrExtract(KEY, fetchFn);
+    clock.advance(120_000);
+    expect(await cache.getOrExtract(KEY, fetchFn)).toBe(first);
+    expect(server.requests.at(-1)?.headers['if-none-match']).toBe('"r1"');
+    clock.advance(120_000);
+    served = goodZip(2);
+    etag = '"r2"';
+    const second = await cache.getOrExtract(KEY, fetchFn);
+    expect(second).not.toBe(first);
+    expect(await fsp.readFile(path.join(second, 'weo/README.txt'), 'utf8')).toBe('release 2\n');
+    expect(server.requests).toHaveLength(3);
   });
 });
