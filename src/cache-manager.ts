@@ -2,14 +2,7 @@ import { raceAbort } from './abort.js';
 import { PayloadWriter } from './atomic-writer.js';
 import { resolveRoot } from './cache-root.js';
 import { crashPoint } from './crash-points.js';
-import {
-  type EntryPaths,
-  type ExtractionPaths,
-  entryPaths,
-  extractionPaths,
-  sublayerDir,
-  validateKey,
-} from './entry-paths.js';
+import { type EntryPaths, entryPaths, sublayerDir, validateKey } from './entry-paths.js';
 import {
   commitEntry,
   type EntryState,
@@ -29,7 +22,7 @@ import {
   OfflineMissError,
 } from './errors.js';
 import { evict } from './evictor.js';
-import { type FoundExtraction, lookupExtraction, touchExtraction } from './extraction-on-disk.js';
+import { ExtractionFlow } from './extraction-flow.js';
 import type { PreparedExtraction } from './extraction-store.js';
 import { asFetchedBody, checkIntegrity, oversizeGuard, releaseResult, runValidator } from './fetch-result.js';
 import { ensureRealDir, errorCode, isRealDir } from './file-system.js';
@@ -74,14 +67,6 @@ type Delivery =
   | { readonly kind: 'extraction'; readonly request: ExtractionRequest };
 const PAYLOAD: Delivery = { kind: 'payload' };
 
-/** An extraction found on disk, with the paths it was found at. */
-interface LocatedExtraction {
-  readonly target: ExtractionPaths;
-  readonly extraction: FoundExtraction;
-}
-
-/** Making extractions (and with it the archive libraries) is loaded by the first extraction only. */
-const extractionStore = () => import('./extraction-store.js');
 const taggedRoots = new Set<string>();
 
 /** Settles when the background orphan sweep started by a manager's first operation has finished. */
@@ -108,6 +93,7 @@ export class CacheManager {
   readonly #settings: Settings;
   readonly #sweptDirs = new Set<string>();
   readonly #observer: Observer;
+  readonly #extractions: ExtractionFlow;
   /** @internal Settles when the background orphan sweep is done (tests wait on it). */
   [backgroundSweep]: Promise<void> = Promise.resolve();
 
@@ -116,6 +102,7 @@ export class CacheManager {
     this.#settings = resolveSettings(options);
     this.sublayer = this.#settings.sublayer;
     this.#observer = new Observer(this.sublayer);
+    this.#extractions = new ExtractionFlow(this.#settings, this.#observer, () => this.#now());
   }
 
   /** Counters since this manager was created: hits, misses, fetches, bytes written, evictions, ... */
@@ -168,16 +155,13 @@ export class CacheManager {
     // The common case first: with nothing in flight for this entry, a hit needs no flight bookkeeping.
     if (!refresh && !flights.has(flightKey)) {
       this.#sweepOnce(scope);
-      const found = await lookupEntry(paths, scope.freshness);
-      if (found.state === 'fresh') {
-        const served = await this.#serveIfReady(paths, found, scope, delivery);
-        if (served !== undefined) return served;
-      }
+      const { served } = await this.#hitCheck(paths, scope, delivery);
+      if (served !== undefined) return served;
     }
     if (isOffline(this.#settings)) {
       return delivery.kind === 'payload'
         ? this.#serveOffline(key, scope)
-        : this.#serveExtractionAsIs(paths, scope);
+        : this.#extractions.serveAsIs(paths, scope.freshness, scope.root, this.sublayer);
     }
     if (!refresh && delivery.kind === 'payload') {
       const shared = await findInLayers(scope.layers.slice(1), key, scope.freshness, false);
@@ -201,14 +185,28 @@ export class CacheManager {
   ) {
     const scope = this.#scope();
     this.#sweepOnce(scope);
-    const found = await lookupEntry(paths, scope.freshness);
-    if (found.state === 'fresh' && !options.refresh) {
-      const served = await this.#serveIfReady(paths, found, scope, delivery);
-      if (served !== undefined) return served;
-    }
+    const hit = options.refresh
+      ? { found: await lookupEntry(paths, scope.freshness) }
+      : await this.#hitCheck(paths, scope, delivery);
+    if (hit.served !== undefined) return hit.served;
+    const { found } = hit;
     const reason = found.state !== 'fresh' ? found.state : options.refresh ? 'refresh' : 'not-extracted';
     this.#observer.miss(paths.key, reason);
     return this.#fetchUnderLock(paths, fetchFn, options, signal, delivery);
+  }
+
+  /**
+   * Step 3, the hit check without a lock: the entry and, for getOrExtract, its extraction. `served` is the
+   * path handed out (its use recorded) when it is a hit; `found` says what the entry is either way.
+   */
+  async #hitCheck(
+    paths: EntryPaths,
+    scope: Scope,
+    delivery: Delivery,
+  ): Promise<{ found: EntryState; served?: string | undefined }> {
+    if (delivery.kind === 'extraction') return this.#extractions.hit(paths, scope.freshness);
+    const found = await lookupEntry(paths, scope.freshness);
+    return { found, served: found.state === 'fresh' ? await this.#serve(paths, found, scope) : undefined };
   }
 
   /**
@@ -224,7 +222,9 @@ export class CacheManager {
     if (!options.staleIfError || options.signal?.aborted || isUsageError(error)) throw error;
     const scope = this.#scope();
     if (delivery.kind === 'extraction') {
-      const served = await this.#serveExtractionAsIs(paths, scope).catch(() => undefined);
+      const served = await this.#extractions
+        .serveAsIs(paths, scope.freshness, scope.root, this.sublayer)
+        .catch(() => undefined);
       if (served === undefined) throw error;
       this.#observer.staleServed(paths.key, served, error);
       return served;
@@ -275,17 +275,19 @@ export class CacheManager {
         meanwhile.found = await lookupEntry(paths, this.#scope().freshness);
         if (meanwhile.found.state !== 'fresh') return false;
         return (
-          delivery.kind === 'payload' || (await this.#findExtraction(paths, meanwhile.found)) !== undefined
+          delivery.kind === 'payload' || (await this.#extractions.find(paths, meanwhile.found)) !== undefined
         );
       },
     }).catch(explainReadOnly(root));
     if (!lock) {
       this.#observer.lockWaited(paths.key, Date.now() - waitStartedAt);
       const found = meanwhile.found;
-      const served =
-        found?.state === 'fresh' && (await this.#serveIfReady(paths, found, this.#scope(), delivery));
-      if (!served) throw new Error('lock wait ended without a fresh entry');
-      return served;
+      if (found?.state !== 'fresh') throw new Error('lock wait ended without a fresh entry');
+      const scope = this.#scope();
+      if (delivery.kind === 'payload') return this.#serve(paths, found, scope);
+      const located = await this.#extractions.find(paths, found);
+      if (!located) throw new Error('lock wait ended without an extraction');
+      return this.#extractions.serve(paths, found, located, scope.nowMs);
     }
     this.#observer.lockWaited(paths.key, lock.waitedMs);
     try {
@@ -294,7 +296,7 @@ export class CacheManager {
       const found = await lookupEntry(paths, scope.freshness);
       if (found.state === 'fresh' && !options.refresh) {
         if (delivery.kind === 'payload') return this.#serve(paths, found, scope);
-        return this.#extractUnderLock(paths, found.manifest.sha256, delivery.request, signal);
+        return this.#extractions.extractUnderLock(paths, found.manifest.sha256, delivery.request, signal);
       }
       const previous =
         found.state === 'absent' ? undefined : { path: paths.payload, manifest: found.manifest };
@@ -302,7 +304,7 @@ export class CacheManager {
       const eviction = await evict(this.#policy(this.#scope()), paths.key).catch(() => undefined);
       if (eviction) this.#observer.evicted(eviction.removed);
       if (delivery.kind === 'payload') return paths.payload;
-      return this.#extractUnderLock(paths, sha256, delivery.request, signal);
+      return this.#extractions.extractUnderLock(paths, sha256, delivery.request, signal);
     } finally {
       await lock.release();
     }
@@ -384,7 +386,7 @@ export class CacheManager {
       await crashPoint('sealed');
       const extraction =
         delivery.kind === 'extraction'
-          ? this.#extraction(paths, writer.sha256, delivery.request, nowMs, signal)
+          ? this.#extractions.steps(paths, writer.sha256, delivery.request, nowMs, signal)
           : undefined;
       prepared = await extraction?.prepare(writer.tmpPath);
       const facts = { createdAtMs: nowMs, etag: fetched.etag, lastModified: fetched.lastModified };
@@ -395,109 +397,6 @@ export class CacheManager {
       await writer.discard();
       throw error;
     }
-  }
-
-  /**
-   * Under the key's lock, with the entry in place: its extraction for `sha256` (the manifest's, or the
-   * payload's own hash when an old manifest has none), made from the committed payload if it is missing.
-   */
-  async #extractUnderLock(
-    paths: EntryPaths,
-    sha256: string | undefined,
-    request: ExtractionRequest,
-    signal: AbortSignal,
-  ): Promise<string> {
-    const archiveSha256 = sha256 ?? (await (await extractionStore()).sha256OfFile(paths.payload));
-    const target = extractionPaths(paths.dir, paths.key, archiveSha256);
-    let extraction = await lookupExtraction(target);
-    if (!extraction) {
-      const steps = this.#extraction(paths, archiveSha256, request, this.#now(), signal);
-      await steps.publish(await steps.prepare(paths.payload));
-      extraction = await lookupExtraction(target);
-    }
-    if (!extraction) throw new Error(`the extraction of "${paths.key}" vanished as it was published`);
-    return this.#serveExtraction(paths, { target, extraction }, this.#scope());
-  }
-
-  /** The two steps of extracting `paths`' archive of `sha256`, each reported to the observer. */
-  #extraction(
-    paths: EntryPaths,
-    sha256: string,
-    request: ExtractionRequest,
-    nowMs: number,
-    signal: AbortSignal,
-  ) {
-    const target = extractionPaths(paths.dir, paths.key, sha256);
-    const startedAt = performance.now();
-    const report = <T>(step: Promise<T>, outcome?: (value: T) => 'published' | 'already-published') =>
-      step.then(
-        (value) => {
-          if (outcome)
-            this.#observer.extracted(
-              paths.key,
-              target.content,
-              outcome(value),
-              performance.now() - startedAt,
-            );
-          return value;
-        },
-        (error: unknown) => {
-          this.#observer.extracted(paths.key, target.content, 'failed', performance.now() - startedAt, {
-            error,
-          });
-          throw error;
-        },
-      );
-    return {
-      prepare: async (archivePath: string) => {
-        const store = await extractionStore();
-        const options = { ...request, nowMs, modes: this.#settings.modes, signal };
-        return report(store.prepareExtraction(target, archivePath, options));
-      },
-      publish: (prepared: PreparedExtraction) => report(prepared.publish(), (outcome) => outcome),
-    };
-  }
-
-  /** A fresh entry's path for this delivery: the payload, or its extraction when there is one. */
-  async #serveIfReady(
-    paths: EntryPaths,
-    found: Exclude<EntryState, { state: 'absent' }>,
-    scope: Scope,
-    delivery: Delivery,
-  ): Promise<string | undefined> {
-    if (delivery.kind === 'payload') return this.#serve(paths, found, scope);
-    const located = await this.#findExtraction(paths, found);
-    if (!located) return undefined;
-    await touchEntry(paths, found.lastUsedAtMs, scope.nowMs, this.#settings.touchIntervalMs);
-    return this.#serveExtraction(paths, located, scope);
-  }
-
-  /** The entry's extraction, when there is one: the manifest's sha256 names it, its marker confirms it. */
-  async #findExtraction(
-    paths: EntryPaths,
-    found: Exclude<EntryState, { state: 'absent' }>,
-  ): Promise<LocatedExtraction | undefined> {
-    const sha256 = found.manifest.sha256;
-    if (sha256 === undefined) return undefined;
-    const target = extractionPaths(paths.dir, paths.key, sha256);
-    const extraction = await lookupExtraction(target);
-    return extraction && { target, extraction };
-  }
-
-  /** Records a use of the extraction and returns its content directory. */
-  async #serveExtraction(paths: EntryPaths, located: LocatedExtraction, scope: Scope): Promise<string> {
-    const { target, extraction } = located;
-    await touchExtraction(target, extraction.lastUsedAtMs, scope.nowMs, this.#settings.touchIntervalMs);
-    this.#observer.hit(paths.key, target.content);
-    return target.content;
-  }
-
-  /** Offline or after a failure: an existing extraction of the entry as it is (fresh or expired), or a miss. */
-  async #serveExtractionAsIs(paths: EntryPaths, scope: Scope): Promise<string> {
-    const found = await lookupEntry(paths, scope.freshness);
-    const located = found.state === 'absent' ? undefined : await this.#findExtraction(paths, found);
-    if (!located) throw new OfflineMissError(paths.key, this.sublayer, [scope.root]);
-    return this.#serveExtraction(paths, located, scope);
   }
 
   async #serve(

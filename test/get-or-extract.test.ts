@@ -114,6 +114,18 @@ describe('getOrExtract', () => {
     }
   });
 
+  it('a hit after another manager replaced the archive serves the new extraction (the remembered sha256 is only a guess)', async () => {
+    const clock = manualClock();
+    const { cache, root } = await manager({ ttl: 60_000, now: clock.now });
+    const other = new CacheManager({ sublayer: SUBLAYER, root, ttl: 0, now: clock.now });
+    const first = await cache.getOrExtract(KEY, counting(() => goodZip(1)).fetchFn);
+    expect(await cache.getOrExtract(KEY, counting(() => goodZip(1)).fetchFn)).toBe(first);
+    const replaced = await other.getOrExtract(KEY, counting(() => goodZip(2)).fetchFn);
+    const { fetchFn, calls } = counting(() => goodZip(3));
+    expect(await cache.getOrExtract(KEY, fetchFn)).toBe(replaced);
+    expect(calls).toHaveLength(0);
+  });
+
   it('NOT_MODIFIED (ETag revalidation) keeps the extraction', async () => {
     const clock = manualClock();
     const { cache } = await manager({ ttl: 60_000, now: clock.now });

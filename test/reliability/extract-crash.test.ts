@@ -4,7 +4,7 @@ import path from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { CacheManager } from '../../src/cache-manager.js';
+import { backgroundSweep, CacheManager } from '../../src/cache-manager.js';
 import type { PublishPhase } from '../../src/crash-points.js';
 import { buildZip } from '../archive-builders.js';
 import { makeTempDir, patternBytes, removeTempDirs, sha256 } from '../helpers.js';
@@ -138,6 +138,8 @@ describe('getOrExtract killed at every phase', () => {
       expect([old.tree, next.tree]).toContainEqual(tree);
       // The old tree is never touched by a writer: a reader of it still has it whole.
       expect(await digestTree(oldDir)).toEqual(old.tree);
+      // Their sweeps of the dead writer's leftovers must be done before the work directory goes.
+      await Promise.all([setup[backgroundSweep], reader[backgroundSweep]]);
     },
   );
 });

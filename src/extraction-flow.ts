@@ -1,0 +1,155 @@
+import { type EntryPaths, type ExtractionPaths, extractionPaths } from './entry-paths.js';
+import { type EntryState, lookupEntry, touchEntry } from './entry-store.js';
+import { OfflineMissError } from './errors.js';
+import { type FoundExtraction, lookupExtraction, touchExtraction } from './extraction-on-disk.js';
+import type { PreparedExtraction } from './extraction-store.js';
+import type { CreateModes } from './file-system.js';
+import type { Freshness } from './manifest.js';
+import type { Observer } from './observability.js';
+import type { ExtractionRequest } from './options.js';
+
+/** Making extractions (and with it the archive libraries) is loaded by the first extraction only. */
+const extractionStore = () => import('./extraction-store.js');
+
+/** An extraction found on disk, with the paths it was found at. */
+export interface LocatedExtraction {
+  readonly target: ExtractionPaths;
+  readonly extraction: FoundExtraction;
+}
+
+type Committed = Exclude<EntryState, { state: 'absent' }>;
+
+/** What the flow needs of its manager's settings. */
+export interface ExtractionSettings {
+  readonly touchIntervalMs: number;
+  readonly modes: CreateModes | undefined;
+}
+
+/**
+ * getOrExtract's part of a CacheManager: finding an entry's extraction (the hit check), serving it, and
+ * making it under the key's lock. The manager keeps the flow itself (flights, lock, fetch, commit) and
+ * asks this class only about extractions.
+ */
+export class ExtractionFlow {
+  readonly #settings: ExtractionSettings;
+  readonly #observer: Observer;
+  readonly #now: () => number;
+  /**
+   * The archive sha256 last served per payload path. An extraction's name depends on the sha256 in the
+   * manifest, so a first hit reads the manifest, then the marker; with the sha256 remembered, both reads
+   * start at once and a hit costs one round trip, as a file hit does.
+   */
+  readonly #servedSha256 = new Map<string, string>();
+
+  constructor(settings: ExtractionSettings, observer: Observer, now: () => number) {
+    this.#settings = settings;
+    this.#observer = observer;
+    this.#now = now;
+  }
+
+  /**
+   * The hit check: the entry, and when it is fresh, its extraction. Returns the entry as found and, when
+   * both are there, the served content directory (the use recorded on the archive and the extraction).
+   */
+  async hit(paths: EntryPaths, freshness: Freshness): Promise<{ found: EntryState; served?: string }> {
+    const remembered = this.#servedSha256.get(paths.payload);
+    const guess = remembered === undefined ? undefined : locate(paths, remembered);
+    const found = await lookupEntry(paths, freshness);
+    if (found.state !== 'fresh') return { found };
+    const sha256 = found.manifest.sha256;
+    const located = guess && sha256 === remembered ? await guess : await this.find(paths, found);
+    if (!located) return { found };
+    return { found, served: await this.serve(paths, found, located, freshness.nowMs) };
+  }
+
+  /** The entry's extraction, when there is one: the manifest's sha256 names it, its marker confirms it. */
+  async find(paths: EntryPaths, found: Committed): Promise<LocatedExtraction | undefined> {
+    const sha256 = found.manifest.sha256;
+    return sha256 === undefined ? undefined : locate(paths, sha256);
+  }
+
+  /** Records a use of the archive (`found`, when known) and of the extraction; returns its content directory. */
+  async serve(
+    paths: EntryPaths,
+    found: Committed | undefined,
+    located: LocatedExtraction,
+    nowMs: number,
+  ): Promise<string> {
+    const { target, extraction } = located;
+    const { touchIntervalMs } = this.#settings;
+    await Promise.all([
+      found && touchEntry(paths, found.lastUsedAtMs, nowMs, touchIntervalMs),
+      touchExtraction(target, extraction.lastUsedAtMs, nowMs, touchIntervalMs),
+    ]);
+    this.#servedSha256.set(paths.payload, target.archiveSha256);
+    this.#observer.hit(paths.key, target.content);
+    return target.content;
+  }
+
+  /** Offline or after a failure: an existing extraction of the entry as it is (fresh or expired), or a miss. */
+  async serveAsIs(paths: EntryPaths, freshness: Freshness, root: string, sublayer: string): Promise<string> {
+    const found = await lookupEntry(paths, freshness);
+    const located = found.state === 'absent' ? undefined : await this.find(paths, found);
+    if (!located) throw new OfflineMissError(paths.key, sublayer, [root]);
+    return this.serve(paths, found.state === 'absent' ? undefined : found, located, freshness.nowMs);
+  }
+
+  /**
+   * Under the key's lock, with the entry in place: its extraction for `sha256` (the manifest's, or the
+   * payload's own hash when an old manifest has none), made from the committed payload if it is missing.
+   */
+  async extractUnderLock(
+    paths: EntryPaths,
+    sha256: string | undefined,
+    request: ExtractionRequest,
+    signal: AbortSignal,
+  ): Promise<string> {
+    const archiveSha256 = sha256 ?? (await (await extractionStore()).sha256OfFile(paths.payload));
+    let located = await locate(paths, archiveSha256);
+    if (!located) {
+      const steps = this.steps(paths, archiveSha256, request, this.#now(), signal);
+      await steps.publish(await steps.prepare(paths.payload));
+      located = await locate(paths, archiveSha256);
+    }
+    if (!located) throw new Error(`the extraction of "${paths.key}" vanished as it was published`);
+    return this.serve(paths, undefined, located, this.#now());
+  }
+
+  /**
+   * The two steps of extracting `paths`' archive of `sha256`: prepare (extract into a tmp directory, out of
+   * sight) and publish (one rename); each reported on the `extract` channel.
+   */
+  steps(paths: EntryPaths, sha256: string, request: ExtractionRequest, nowMs: number, signal: AbortSignal) {
+    const target = extractionPaths(paths.dir, paths.key, sha256);
+    const startedAt = performance.now();
+    const report = <T>(step: Promise<T>, outcome?: (value: T) => 'published' | 'already-published') =>
+      step.then(
+        (value) => {
+          if (outcome) {
+            const durationMs = performance.now() - startedAt;
+            this.#observer.extracted(paths.key, target.content, outcome(value), durationMs);
+          }
+          return value;
+        },
+        (error: unknown) => {
+          const durationMs = performance.now() - startedAt;
+          this.#observer.extracted(paths.key, target.content, 'failed', durationMs, { error });
+          throw error;
+        },
+      );
+    return {
+      prepare: async (archivePath: string) => {
+        const store = await extractionStore();
+        const options = { ...request, nowMs, modes: this.#settings.modes, signal };
+        return report(store.prepareExtraction(target, archivePath, options));
+      },
+      publish: (prepared: PreparedExtraction) => report(prepared.publish(), (outcome) => outcome),
+    };
+  }
+}
+
+async function locate(paths: EntryPaths, sha256: string): Promise<LocatedExtraction | undefined> {
+  const target = extractionPaths(paths.dir, paths.key, sha256);
+  const extraction = await lookupExtraction(target);
+  return extraction && { target, extraction };
+}
