@@ -206,28 +206,25 @@ export class PayloadWriter {
 }
 
 /** Size of each of the two write buffers of a streamed body: few, large writes; memory stays at 2 MiB. */
-export const WRITE_BUFFER_BYTES = 1024 * 1024;
+const WRITE_BUFFER_BYTES = 1024 * 1024;
 
 /**
  * Double-buffered writing of a streamed body: chunks are copied into one buffer while the other is being
  * written, so reading the source, hashing and writing overlap. The copy also keeps the bytes on disk equal
- * to the bytes hashed when a source reuses its chunk buffers after yielding them. A writer of many small
- * files (an archive's) passes a smaller `bufferBytes`, so that each file costs no more memory than it needs.
+ * to the bytes hashed when a source reuses its chunk buffers after yielding them.
  */
-export class WriteBehind {
+class WriteBehind {
   readonly #handle: fsp.FileHandle;
   readonly #tmpPath: string;
-  readonly #bufferBytes: number;
   readonly #buffers: (Buffer | undefined)[] = [undefined, undefined];
   #filling = 0;
   #filled = 0;
   #fileOffset = 0;
   #inFlight: Promise<void> = Promise.resolve();
 
-  constructor(handle: fsp.FileHandle, tmpPath: string, bufferBytes: number = WRITE_BUFFER_BYTES) {
+  constructor(handle: fsp.FileHandle, tmpPath: string) {
     this.#handle = handle;
     this.#tmpPath = tmpPath;
-    this.#bufferBytes = bufferBytes;
   }
 
   async append(chunk: Uint8Array): Promise<void> {
@@ -262,7 +259,7 @@ export class WriteBehind {
   #buffer(): Buffer {
     const existing = this.#buffers[this.#filling];
     if (existing) return existing;
-    const created = Buffer.allocUnsafe(this.#bufferBytes);
+    const created = Buffer.allocUnsafe(WRITE_BUFFER_BYTES);
     this.#buffers[this.#filling] = created;
     return created;
   }

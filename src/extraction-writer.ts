@@ -1,8 +1,7 @@
 import { createHash } from 'node:crypto';
-import { constants, promises as fsp } from 'node:fs';
+import { closeSync, constants, fchmodSync, promises as fsp, fsync, openSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { VettedEntry } from './archive-safety.js';
-import { WRITE_BUFFER_BYTES, WriteBehind } from './atomic-writer.js';
 import { type CreateModes, fsyncDir } from './file-system.js';
 import { forEachLimited } from './sublayer-scan.js';
 
@@ -26,8 +25,6 @@ const EXECUTE_BITS = 0o111;
  * merge them into few journal commits while the next files are written; the bound keeps open handles few.
  */
 const MAX_PENDING_SYNCS = 32;
-/** Smallest write buffer for a file: small files get one write, without a 1 MiB buffer each. */
-const MIN_WRITE_BUFFER_BYTES = 64 * 1024;
 
 /**
  * Writes the files and directories of one extraction below `root`, a directory private to the caller, and
@@ -35,6 +32,14 @@ const MIN_WRITE_BUFFER_BYTES = 64 * 1024;
  * every directory is created here one level at a time (so no path ever resolves through something this
  * writer did not create), and every file is created exclusively without following links. It remembers what
  * it created, so that {@link ExtractionWriter.discard} removes exactly that, without recursion.
+ *
+ * Files are opened, written and closed with synchronous calls, as `unzip` and `tar` do. An archive of many
+ * small files is bound by the latency per file, not by bytes: each asynchronous call is a round trip
+ * through libuv's four threads, queued behind the fsyncs running there, and measured 2,000 files of 16 KiB
+ * extracted about twice as fast this way. Each call takes microseconds on a local disk; on a network file
+ * system a slow server stalls the event loop for as long (lock heartbeats run late, so the worst case is
+ * a lock taken over and a second extraction of the same archive, which publication tolerates). The fsyncs
+ * stay asynchronous, in the background.
  */
 export class ExtractionWriter {
   readonly #root: string;
@@ -60,8 +65,9 @@ export class ExtractionWriter {
 
   /**
    * Streams `body` into a new file at the entry's path, calling `meter` with each chunk's size before the
-   * chunk is written (it throws to stop the extraction), and hashing as it goes. The file's fsync is
-   * started but not awaited: {@link ExtractionWriter.finish} waits for every one.
+   * chunk is written (it throws to stop the extraction), and hashing as it goes. Each chunk is written
+   * before the next is asked for, so a source may reuse its buffers. The file's fsync is started but not
+   * awaited: {@link ExtractionWriter.finish} waits for every one.
    */
   async writeFile(
     entry: VettedEntry,
@@ -69,34 +75,26 @@ export class ExtractionWriter {
     meter: (bytes: number) => void,
   ): Promise<ExtractedFile> {
     const filePath = this.#pathOf(entry.segments);
-    const handle = await fsp.open(
-      filePath,
-      CREATE_FLAGS,
-      entry.executable ? EXECUTABLE_FILE_MODE : FILE_MODE,
-    );
+    const fd = openSync(filePath, CREATE_FLAGS, entry.executable ? EXECUTABLE_FILE_MODE : FILE_MODE);
     this.#createdFiles.push(filePath);
     let handedOver = false;
     try {
-      if (this.#modes) await handle.chmod(this.#modes.file | (entry.executable ? EXECUTE_BITS : 0));
+      if (this.#modes) fchmodSync(fd, this.#modes.file | (entry.executable ? EXECUTE_BITS : 0));
       const hash = createHash('sha256');
       let sizeBytes = 0;
-      const writes = new WriteBehind(handle, filePath, writeBufferBytes(entry.declaredBytes));
-      try {
-        for await (const chunk of body) {
-          meter(chunk.byteLength);
-          hash.update(chunk);
-          sizeBytes += chunk.byteLength;
-          await writes.append(chunk);
+      for await (const chunk of body) {
+        meter(chunk.byteLength);
+        hash.update(chunk);
+        for (let offset = 0; offset < chunk.byteLength; ) {
+          offset += writeSync(fd, chunk, offset, chunk.byteLength - offset, sizeBytes + offset);
         }
-        await writes.finish();
-      } finally {
-        await writes.settle();
+        sizeBytes += chunk.byteLength;
       }
       handedOver = true;
-      await this.#syncs.add(handle);
+      await this.#syncs.add(fd);
       return { path: entry.segments.join('/'), sizeBytes, sha256: hash.digest('hex') };
     } finally {
-      if (!handedOver) await handle.close().catch(() => {});
+      if (!handedOver) closeSync(fd);
     }
   }
 
@@ -135,21 +133,20 @@ export class ExtractionWriter {
   }
 }
 
-function writeBufferBytes(declaredBytes: number | undefined): number {
-  if (declaredBytes === undefined) return WRITE_BUFFER_BYTES;
-  return Math.min(WRITE_BUFFER_BYTES, Math.max(MIN_WRITE_BUFFER_BYTES, declaredBytes));
-}
-
-/** fsync-then-close of written files, a bounded number at a time; the first failure is kept for drain(). */
+/**
+ * fsync-then-close of written files (by descriptor), a bounded number at a time; the first failure is kept
+ * for drain().
+ */
 class SyncQueue {
   readonly #pending = new Set<Promise<void>>();
   #failure: { error: unknown } | undefined;
 
-  /** Takes ownership of `handle`; waits only while the queue is full. */
-  async add(handle: fsp.FileHandle): Promise<void> {
-    const settled: Promise<void> = handle
-      .sync()
-      .finally(() => handle.close())
+  /** Takes ownership of `fd`; waits only while the queue is full. */
+  async add(fd: number): Promise<void> {
+    const settled: Promise<void> = new Promise<void>((resolve, reject) =>
+      fsync(fd, (error) => (error ? reject(error) : resolve())),
+    )
+      .finally(() => closeSync(fd))
       .catch((error: unknown) => {
         this.#failure ??= { error };
       })
