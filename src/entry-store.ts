@@ -253,6 +253,26 @@ export async function renewEntry(
   return true;
 }
 
+/**
+ * Adds `sha256` to an entry's manifest that records none (one written by imf_reader), every other field
+ * kept: an extraction is named after its archive's sha256, and without it in the manifest every
+ * `getOrExtract` would hash the archive again. Only if the manifest is still one without sha256 for a
+ * payload of its size; the caller holds the key's lock and has just hashed that payload. `false` when it
+ * was not recorded (the entry changed meanwhile).
+ */
+export async function recordSha256(paths: EntryPaths, sha256: string, modes?: CreateModes): Promise<boolean> {
+  const [stats, text] = await Promise.all([
+    lstatOrUndefined(paths.payload),
+    readManifestText(paths.manifest),
+  ]);
+  const current = text === undefined ? undefined : parseManifest(text);
+  if (!current || current.sha256 !== undefined || !describesKey(current, paths.key)) return false;
+  if (!stats?.isFile() || stats.size !== current.size_bytes) return false;
+  await writeFileAtomic(paths.manifest, manifestText({ ...current, sha256 }), modes);
+  await fsyncDir(paths.dir);
+  return true;
+}
+
 const CACHEDIR_TAG_SIGNATURE = 'Signature: 8a477f597d28d172789f06886806bc55';
 const CACHEDIR_TAG_CREATOR = 'created by payload-cache.';
 const CACHEDIR_TAG_TEXT =

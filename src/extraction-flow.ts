@@ -1,5 +1,5 @@
 import { type EntryPaths, type ExtractionPaths, extractionPaths } from './entry-paths.js';
-import { type EntryState, lookupEntry, touchEntry } from './entry-store.js';
+import { type EntryState, lookupEntry, recordSha256, touchEntry } from './entry-store.js';
 import { OfflineMissError } from './errors.js';
 import { type FoundExtraction, lookupExtraction, touchExtraction } from './extraction-on-disk.js';
 import type { PreparedExtraction } from './extraction-store.js';
@@ -104,7 +104,7 @@ export class ExtractionFlow {
     request: ExtractionRequest,
     signal: AbortSignal,
   ): Promise<string> {
-    const archiveSha256 = sha256 ?? (await (await extractionStore()).sha256OfFile(paths.payload));
+    const archiveSha256 = sha256 ?? (await this.#hashAndRecord(paths));
     let located = await locate(paths, archiveSha256);
     if (!located) {
       const steps = this.steps(paths, archiveSha256, request, this.#now(), signal);
@@ -113,6 +113,13 @@ export class ExtractionFlow {
     }
     if (!located) throw new Error(`the extraction of "${paths.key}" vanished as it was published`);
     return this.serve(paths, undefined, located, this.#now());
+  }
+
+  /** The payload's sha256, for an old manifest without one; recorded in it so that this happens once. */
+  async #hashAndRecord(paths: EntryPaths): Promise<string> {
+    const sha256 = await (await extractionStore()).sha256OfFile(paths.payload);
+    await recordSha256(paths, sha256, this.#settings.modes);
+    return sha256;
   }
 
   /**

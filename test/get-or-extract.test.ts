@@ -126,6 +126,25 @@ describe('getOrExtract', () => {
     expect(calls).toHaveLength(0);
   });
 
+  it('an entry written by imf_reader (no sha256 in its manifest) is hashed once, and the sha256 recorded', async () => {
+    const { cache, dir } = await manager();
+    const zip = goodZip();
+    await fsp.mkdir(dir, { recursive: true });
+    await fsp.writeFile(path.join(dir, KEY), zip);
+    const createdAt = new Date().toISOString().replace(/\.\d{3}Z$/, '+0000');
+    const legacy = { schema_version: '1.5.0', created_at: createdAt, size_bytes: zip.length, origin: 'imf' };
+    await fsp.writeFile(path.join(dir, `${KEY}.manifest.json`), JSON.stringify(legacy));
+    const { fetchFn, calls } = counting(() => zip);
+    const extracted = await cache.getOrExtract(KEY, fetchFn);
+    expect(extracted).toBe(path.join(dir, `${KEY}.extracted.${sha256(zip).slice(0, 16)}`, 'content'));
+    expect(calls).toHaveLength(0);
+    const manifest = JSON.parse(await fsp.readFile(path.join(dir, `${KEY}.manifest.json`), 'utf8'));
+    expect(manifest).toEqual({ ...legacy, sha256: sha256(zip) });
+    // Now named by its manifest, the next call is a hit without the lock.
+    expect(await cache.getOrExtract(KEY, fetchFn)).toBe(extracted);
+    expect(cache.stats().misses).toBe(1);
+  });
+
   it('NOT_MODIFIED (ETag revalidation) keeps the extraction', async () => {
     const clock = manualClock();
     const { cache } = await manager({ ttl: 60_000, now: clock.now });
