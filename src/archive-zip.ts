@@ -1,5 +1,6 @@
+import { promises as fsp } from 'node:fs';
 import type { Readable } from 'node:stream';
-import { crc32 } from 'node:zlib';
+import { crc32, inflateRawSync } from 'node:zlib';
 import { type Entry, getFileNameLowLevel, open, type ZipFile } from 'yauzl';
 import type { EntrySink } from './archive-extract.js';
 import type { EntryHeader, EntryKind } from './archive-safety.js';
@@ -27,19 +28,29 @@ const UNIX_TYPES: ReadonlyMap<number, { kind: EntryKind; label: string }> = new 
 const STORED = 0;
 const DEFLATED = 8;
 
+/**
+ * Entries of at most this many bytes, compressed and inflated, are read with one read and inflated in one
+ * call, instead of through yauzl's per-entry streams (a file stream, an inflate stream and a size check,
+ * per entry): for an archive of many small files those streams cost more than the bytes. Larger entries
+ * stream, so memory stays flat whatever the archive declares.
+ */
+const WHOLE_ENTRY_MAX_BYTES = 1024 * 1024;
+
 /** Feeds every entry of the zip at `archivePath` to `sink`, in central-directory order. */
 export async function readZip(archivePath: string, sink: EntrySink): Promise<void> {
   const zipfile = await openZip(archivePath);
+  const archive = await fsp.open(archivePath, 'r');
   try {
     sink.checkEntryCount(zipfile.entryCount);
     for (;;) {
       const entry = await nextEntry(zipfile);
       if (!entry) break;
       const header = zipEntryHeader(entry);
-      await sink.accept(header, () => openBody(zipfile, entry, header.name));
+      await sink.accept(header, () => openBody(zipfile, archive, entry, header.name));
     }
   } finally {
     zipfile.close();
+    await archive.close();
   }
 }
 
@@ -108,7 +119,7 @@ export function zipEntryHeader(entry: Entry): EntryHeader {
 }
 
 /** The entry's content, inflated, held to its declared size and CRC-32 as it streams. */
-async function openBody(zipfile: ZipFile, entry: Entry, name: string) {
+async function openBody(zipfile: ZipFile, archive: fsp.FileHandle, entry: Entry, name: string) {
   if (entry.isEncrypted()) throw new ArchiveInvalidError('unsupported', name, 'the entry is encrypted');
   if (entry.compressionMethod !== STORED && entry.compressionMethod !== DEFLATED) {
     throw new ArchiveInvalidError(
@@ -116,6 +127,9 @@ async function openBody(zipfile: ZipFile, entry: Entry, name: string) {
       name,
       `compression method ${entry.compressionMethod} (only stored and deflate are read)`,
     );
+  }
+  if (entry.compressedSize <= WHOLE_ENTRY_MAX_BYTES && entry.uncompressedSize <= WHOLE_ENTRY_MAX_BYTES) {
+    return checkedContent(wholeEntry(zipfile, archive, entry), entry, name);
   }
   const stream = await new Promise<Readable>((resolve, reject) => {
     zipfile.openReadStream(entry, (error, readStream) => {
@@ -126,7 +140,33 @@ async function openBody(zipfile: ZipFile, entry: Entry, name: string) {
   return checkedContent(stream, entry, name);
 }
 
-async function* checkedContent(stream: Readable, entry: Entry, name: string): AsyncGenerator<Uint8Array> {
+/**
+ * A small entry's content in one piece: its data located through yauzl's reading of the local header
+ * (which also checks that the data lies inside the file), read in one call, inflated in one call that
+ * refuses to produce more than the declared size.
+ */
+async function* wholeEntry(
+  zipfile: ZipFile,
+  archive: fsp.FileHandle,
+  entry: Entry,
+): AsyncGenerator<Uint8Array> {
+  const { fileDataStart } = await zipfile.readLocalFileHeaderPromise(entry, { minimal: true });
+  const data = Buffer.allocUnsafe(entry.compressedSize);
+  const { bytesRead } = await archive.read(data, 0, data.length, fileDataStart);
+  if (bytesRead !== data.length) throw new Error(`the entry's data ends after ${bytesRead} bytes`);
+  if (entry.compressionMethod === STORED) {
+    yield data;
+    return;
+  }
+  // One more byte than declared is room enough to tell a lying size from an honest one.
+  yield inflateRawSync(data, { maxOutputLength: entry.uncompressedSize + 1 });
+}
+
+async function* checkedContent(
+  stream: AsyncIterable<unknown> & { destroy?: () => void },
+  entry: Entry,
+  name: string,
+): AsyncGenerator<Uint8Array> {
   let checksum = 0;
   let sizeBytes = 0;
   try {
@@ -139,7 +179,7 @@ async function* checkedContent(stream: Readable, entry: Entry, name: string): As
   } catch (error) {
     throw corrupt(name, error);
   } finally {
-    stream.destroy();
+    stream.destroy?.();
   }
   if (sizeBytes !== entry.uncompressedSize) {
     throw new ArchiveInvalidError('corrupt', name, `${sizeBytes} bytes, ${entry.uncompressedSize} declared`);

@@ -173,12 +173,27 @@ describe('zip: hostile entries are refused and nothing is written', () => {
 });
 
 describe('zip: damaged or unreadable archives are ArchiveInvalidError, and nothing stays', () => {
-  it('a CRC-32 that does not match the content', async () => {
-    await expectInvalid(buildZip([zipFile('a.txt', 'hello', { crc32: 0x12345678 })]), 'corrupt');
+  // Entries up to 1 MiB are read whole, larger ones stream through yauzl: both paths hold an entry to its
+  // declared size and CRC-32.
+  const sizes = [
+    ['read whole', 50_000],
+    ['streamed', 1_200_000],
+  ] as const;
+
+  it.each(sizes)('a CRC-32 that does not match the content (%s)', async (_path, sizeBytes) => {
+    await expectInvalid(
+      buildZip([zipFile('a.bin', patternBytes(sizeBytes), { crc32: 0x12345678 })]),
+      'corrupt',
+    );
   });
 
-  it('an entry that inflates past its declared size', async () => {
-    const lying = zipFile('a.bin', patternBytes(50_000), { declaredSize: 100 });
+  it.each(sizes)('an entry that inflates past its declared size (%s)', async (_path, sizeBytes) => {
+    const lying = zipFile('a.bin', patternBytes(sizeBytes), { declaredSize: 100 });
+    await expectInvalid(buildZip([lying]), 'corrupt');
+  });
+
+  it.each(sizes)('an entry that inflates to less than its declared size (%s)', async (_path, sizeBytes) => {
+    const lying = zipFile('a.bin', patternBytes(sizeBytes), { declaredSize: sizeBytes + 1 });
     await expectInvalid(buildZip([lying]), 'corrupt');
   });
 
