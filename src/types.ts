@@ -140,9 +140,11 @@ export interface ExtractionInfo {
   archiveSha256: string;
   /** Whether it is the extraction of the archive now in the entry (older ones go once out of use). */
   current: boolean;
+  /** Files extracted (directories not counted). */
   fileCount: number;
   /** Bytes of extracted content. */
   sizeBytes: number;
+  /** When it was extracted (its marker's `created_at`). */
   createdAt: Date;
   /** Last recorded use (its marker's mtime). */
   lastUsedAt: Date;
