@@ -10,6 +10,7 @@ import { ArchiveUnsafeError, InvalidOptionsError } from '../src/errors.js';
 import { httpFetcher } from '../src/http-fetcher.js';
 import { type FetchFn, NOT_MODIFIED } from '../src/types.js';
 import { buildZip } from './archive-builders.js';
+import { runExtractRace } from './extract-race.js';
 import { makeTempDir, manualClock, patternBytes, rejectionOf, sha256 } from './helpers.js';
 import { isolateHttpTests, servePayload, startServer } from './http-servers.js';
 
@@ -197,40 +198,7 @@ describe('getOrExtract', () => {
   });
 });
 
-const FIXTURE = fileURLToPath(new URL('./fixtures/get-or-extract.mjs', import.meta.url));
 const BUILT_ENTRY = fileURLToPath(new URL('../dist/index.js', import.meta.url));
-
-interface ChildResult {
-  event: 'done' | 'error';
-  pid: number;
-  path?: string;
-  files?: Record<string, string>;
-  fetched?: boolean;
-  extractions?: string[];
-  message?: string;
-}
-
-function runChild(config: Record<string, unknown>): Promise<ChildResult> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [FIXTURE, JSON.stringify(config)], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (text: string) => {
-      stdout += text;
-    });
-    child.stderr.setEncoding('utf8').on('data', (text: string) => {
-      stderr += text;
-    });
-    child.on('error', reject);
-    child.on('close', () => {
-      const line = stdout.trim().split('\n').pop();
-      if (!line) return reject(new Error(`child printed nothing; stderr: ${stderr}`));
-      resolve(JSON.parse(line) as ChildResult);
-    });
-  });
-}
 
 describe('getOrExtract across processes', () => {
   beforeAll(async () => {
@@ -241,38 +209,16 @@ describe('getOrExtract across processes', () => {
 
   it('8 processes racing for one new archive: one download, one extraction, the same tree for all', async () => {
     const work = await makeTempDir('payload-cache-extract-race-');
-    const files = Object.fromEntries(
-      Array.from({ length: 50 }, (_, index) => [`data/part-${index}.csv`, patternBytes(20_000, index + 1)]),
-    );
-    const source = path.join(work, 'source.zip');
-    await fsp.writeFile(
-      source,
-      buildZip(Object.entries(files).map(([name, content]) => ({ name, content }))),
-    );
-    const config = {
-      root: path.join(work, 'root'),
-      sublayer: SUBLAYER,
-      key: KEY,
-      source,
-      counterFile: path.join(work, 'fetches.txt'),
-      goFile: path.join(work, 'go'),
-      chunkDelayMs: 5,
-    };
-    const children = Array.from({ length: 8 }, () => runChild(config));
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    await fsp.writeFile(config.goFile, '');
-    const results = await Promise.all(children);
-    expect(results.filter((result) => result.event !== 'done')).toEqual([]);
-    expect((await fsp.readFile(config.counterFile, 'utf8')).trim().split('\n')).toHaveLength(1);
-    expect(results.flatMap((result) => result.extractions)).toEqual(['published']);
-    const expected = Object.fromEntries(
-      Object.entries(files).map(([name, content]) => [name, sha256(content)]),
-    );
-    for (const result of results) {
-      expect(result.path).toBe(results[0]?.path);
-      expect(result.files).toEqual(expected);
+    const root = path.join(work, 'root');
+    const race = await runExtractRace({ work, roots: [root], processes: 8, sublayer: SUBLAYER, key: KEY });
+    expect(race.results.filter((result) => result.event !== 'done')).toEqual([]);
+    expect(race.fetches).toBe(1);
+    expect(race.results.flatMap((result) => result.extractions)).toEqual(['published']);
+    for (const result of race.results) {
+      expect(result.path).toBe(race.results[0]?.path);
+      expect(result.files).toEqual(race.expected);
     }
-    const sublayer = await fsp.readdir(path.join(config.root, SUBLAYER));
+    const sublayer = await fsp.readdir(path.join(root, SUBLAYER));
     expect(sublayer.filter((name) => name.includes('.tmp.'))).toEqual([]);
   });
 });
