@@ -388,7 +388,7 @@ export class CacheManager {
         delivery.kind === 'extraction'
           ? this.#extractions.steps(paths, writer.sha256, delivery.request, nowMs, signal)
           : undefined;
-      prepared = await extraction?.prepare(writer.tmpPath);
+      prepared = await extraction?.prepareUnlessPublished(writer.tmpPath);
       const facts = { createdAtMs: nowMs, etag: fetched.etag, lastModified: fetched.lastModified };
       await commitEntry(paths, writer, facts, this.#settings.modes);
       if (prepared) await extraction?.publish(prepared);

@@ -124,7 +124,10 @@ export class ExtractionFlow {
 
   /**
    * The two steps of extracting `paths`' archive of `sha256`: prepare (extract into a tmp directory, out of
-   * sight) and publish (one rename); each reported on the `extract` channel.
+   * sight) and publish (one rename); each reported on the `extract` channel. A new download of the same
+   * bytes (a server without validators answers each revalidation with the whole archive) finds its
+   * extraction already there: `prepareUnlessPublished` then extracts nothing and resolves `undefined`,
+   * since the same sha256 means the same archive, checked when that extraction was made.
    */
   steps(paths: EntryPaths, sha256: string, request: ExtractionRequest, nowMs: number, signal: AbortSignal) {
     const target = extractionPaths(paths.dir, paths.key, sha256);
@@ -144,12 +147,15 @@ export class ExtractionFlow {
           throw error;
         },
       );
+    const prepare = async (archivePath: string) => {
+      const store = await extractionStore();
+      const options = { ...request, nowMs, modes: this.#settings.modes, signal };
+      return report(store.prepareExtraction(target, archivePath, options));
+    };
     return {
-      prepare: async (archivePath: string) => {
-        const store = await extractionStore();
-        const options = { ...request, nowMs, modes: this.#settings.modes, signal };
-        return report(store.prepareExtraction(target, archivePath, options));
-      },
+      prepare,
+      prepareUnlessPublished: async (archivePath: string): Promise<PreparedExtraction | undefined> =>
+        (await lookupExtraction(target)) ? undefined : prepare(archivePath),
       publish: (prepared: PreparedExtraction) => report(prepared.publish(), (outcome) => outcome),
     };
   }

@@ -182,6 +182,24 @@ describe('getOrExtract', () => {
     expect(outcomes).toEqual(['published']);
   });
 
+  it('the same archive downloaded again (a server without validators) is not extracted again', async () => {
+    const clock = manualClock();
+    const { cache } = await manager({ ttl: 60_000, now: clock.now });
+    const outcomes: unknown[] = [];
+    const listener = (message: unknown) => outcomes.push((message as { outcome: string }).outcome);
+    diagnosticsChannel.subscribe('payload-cache:extract', listener);
+    try {
+      const { fetchFn, calls } = counting(() => goodZip());
+      const first = await cache.getOrExtract(KEY, fetchFn);
+      clock.advance(120_000);
+      expect(await cache.getOrExtract(KEY, fetchFn)).toBe(first);
+      expect(calls).toHaveLength(2);
+    } finally {
+      diagnosticsChannel.unsubscribe('payload-cache:extract', listener);
+    }
+    expect(outcomes).toEqual(['published']);
+  });
+
   it('refuses bad extraction options before fetching', async () => {
     const { cache } = await manager();
     const { fetchFn, calls } = counting(() => goodZip());
