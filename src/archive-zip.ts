@@ -39,18 +39,22 @@ const WHOLE_ENTRY_MAX_BYTES = 1024 * 1024;
 /** Feeds every entry of the zip at `archivePath` to `sink`, in central-directory order. */
 export async function readZip(archivePath: string, sink: EntrySink): Promise<void> {
   const zipfile = await openZip(archivePath);
-  const archive = await fsp.open(archivePath, 'r');
   try {
     sink.checkEntryCount(zipfile.entryCount);
-    for (;;) {
-      const entry = await nextEntry(zipfile);
-      if (!entry) break;
-      const header = zipEntryHeader(entry);
-      await sink.accept(header, () => openBody(zipfile, archive, entry, header.name));
+    // A handle of our own for the entries read whole (yauzl keeps its descriptor to itself).
+    const archive = await fsp.open(archivePath, 'r');
+    try {
+      for (;;) {
+        const entry = await nextEntry(zipfile);
+        if (!entry) break;
+        const header = zipEntryHeader(entry);
+        await sink.accept(header, () => openBody(zipfile, archive, entry, header.name));
+      }
+    } finally {
+      await archive.close();
     }
   } finally {
     zipfile.close();
-    await archive.close();
   }
 }
 
