@@ -9,13 +9,15 @@ import {
   type EntryHeader,
   ExtractionBudget,
   type ExtractionLimits,
+  LINK_POLICIES,
+  type LinkPolicy,
   NameLedger,
   resolveLimits,
   vetEntry,
 } from './archive-safety.js';
 import { readTar } from './archive-tar.js';
 import { readZip } from './archive-zip.js';
-import { ArchiveInvalidError, InvalidOptionsError, PayloadCacheError } from './errors.js';
+import { ArchiveInvalidError, ArchiveUnsafeError, InvalidOptionsError, PayloadCacheError } from './errors.js';
 import { type ExtractedFile, ExtractionWriter } from './extraction-writer.js';
 import { type CreateModes, isSystemCallError } from './file-system.js';
 
@@ -40,6 +42,8 @@ export interface ExtractOptions extends Partial<ExtractionLimits> {
   modes?: CreateModes;
   /** Stops the extraction between chunks; it then rejects with the signal's reason. */
   signal?: AbortSignal;
+  /** `inside`: extract symbolic links that resolve inside, and hard links to earlier files. Default `none`. */
+  allowLinks?: LinkPolicy;
 }
 
 /** What one extraction wrote. */
@@ -57,6 +61,8 @@ export interface ExtractionResult {
 export interface EntrySink {
   /** For formats that list their entries up front (zip): refuses too many before reading any. */
   checkEntryCount(count: number): void;
+  /** Whether links may be extracted: a zip reader then reads a symlink's target (its content) first. */
+  readonly readsLinks: boolean;
   /**
    * Vets `header` and writes the entry; `openBody` is called only for a file that passed, so a refused
    * entry is never even decompressed.
@@ -83,12 +89,17 @@ export async function extractArchive(
       `format must be one of ${ARCHIVE_FORMATS.join(', ')}, got ${String(options.format)}`,
     );
   }
+  if (options.allowLinks !== undefined && !LINK_POLICIES.includes(options.allowLinks)) {
+    throw new InvalidOptionsError(
+      `allowLinks must be one of ${LINK_POLICIES.join(', ')}, got ${String(options.allowLinks)}`,
+    );
+  }
   options.signal?.throwIfAborted();
   const archiveSizeBytes = (await fsp.stat(archivePath)).size;
   const format = options.format ?? (await detectArchiveFormat(archivePath));
   const writer = new ExtractionWriter(destDir, options.modes);
   const budget = new ExtractionBudget(limits, archiveSizeBytes);
-  const extraction = new Extraction(writer, budget, options.signal);
+  const extraction = new Extraction(writer, budget, options.signal, options.allowLinks ?? 'none');
   try {
     switch (format) {
       case 'zip':
@@ -121,13 +132,26 @@ class Extraction implements EntrySink {
   readonly #ledger = new NameLedger();
   readonly #budget: ExtractionBudget;
   readonly #signal: AbortSignal | undefined;
+  readonly #links: LinkPolicy;
   readonly #files: ExtractedFile[] = [];
+  /** Files by path, for hard links to find what they link to (only kept when links are allowed). */
+  readonly #fileByPath = new Map<string, ExtractedFile>();
   readonly #directories: string[] = [];
 
-  constructor(writer: ExtractionWriter, budget: ExtractionBudget, signal: AbortSignal | undefined) {
+  constructor(
+    writer: ExtractionWriter,
+    budget: ExtractionBudget,
+    signal: AbortSignal | undefined,
+    links: LinkPolicy,
+  ) {
     this.#writer = writer;
     this.#budget = budget;
     this.#signal = signal;
+    this.#links = links;
+  }
+
+  get readsLinks(): boolean {
+    return this.#links === 'inside';
   }
 
   checkEntryCount(count: number): void {
@@ -136,10 +160,24 @@ class Extraction implements EntrySink {
 
   async accept(header: EntryHeader, openBody: () => Promise<AsyncIterable<Uint8Array>>): Promise<void> {
     this.#signal?.throwIfAborted();
-    const entry = vetEntry(header, this.#ledger, this.#budget);
+    const entry = vetEntry(header, this.#ledger, this.#budget, this.#links);
     for (const segments of entry.newDirectories) {
       await this.#writer.makeDirectory(segments);
       this.#directories.push(segments.join('/'));
+    }
+    const filePath = entry.segments.join('/');
+    if (entry.kind === 'symlink') {
+      const target = entry.symlinkTarget ?? '';
+      this.#writer.addSymlink(header.name, entry.segments, target);
+      this.#files.push({ path: filePath, sizeBytes: 0, sha256: EMPTY_SHA256, symlinkTarget: target });
+      return;
+    }
+    if (entry.hardLinkTarget) {
+      const linked = this.#fileByPath.get(entry.hardLinkTarget.join('/'));
+      if (!linked) throw new ArchiveUnsafeError('hard-link', header.name, 'its target was not extracted');
+      this.#writer.linkFile(entry.segments, entry.hardLinkTarget);
+      this.#record({ path: filePath, sizeBytes: linked.sizeBytes, sha256: linked.sha256 });
+      return;
     }
     if (entry.kind !== 'file') return;
     const body = await openBody();
@@ -155,13 +193,21 @@ class Extraction implements EntrySink {
         `${file.sizeBytes} bytes of content, ${entry.declaredBytes} declared: the archive is truncated`,
       );
     }
+    this.#record(file);
+  }
+
+  #record(file: ExtractedFile): void {
     this.#files.push(file);
+    if (this.#links === 'inside') this.#fileByPath.set(file.path, file);
   }
 
   result(): Omit<ExtractionResult, 'format'> {
     return { files: this.#files, directories: this.#directories, totalBytes: this.#budget.writtenBytes };
   }
 }
+
+/** The sha256 of no bytes: what a symbolic link's record carries (it holds no content of its own). */
+const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
 
 const TAR_BLOCK_BYTES = 512;
 // A zip starts with a local file header, or (empty) with the end of central directory record.

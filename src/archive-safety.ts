@@ -12,6 +12,18 @@ export type ArchiveFormat = 'zip' | 'tar' | 'tar.gz' | 'gzip';
 
 export const ARCHIVE_FORMATS: readonly ArchiveFormat[] = ['zip', 'tar', 'tar.gz', 'gzip'];
 
+/**
+ * Which links an extraction creates: `none` (the default: every link refuses the archive), or `inside`:
+ * symbolic links whose target, once every entry is in place, resolves inside the extraction, and hard links
+ * to a regular file extracted before them.
+ */
+export type LinkPolicy = 'none' | 'inside';
+
+export const LINK_POLICIES: readonly LinkPolicy[] = ['none', 'inside'];
+
+/** Longest symbolic link target read from an archive; a real one is a short relative path. */
+export const MAX_LINK_TARGET_BYTES = 4096;
+
 /** How much one extraction may produce; the whole archive is refused past any of them. */
 export interface ExtractionLimits {
   /** Most entries (files, directories and anything else the archive lists). */
@@ -72,12 +84,14 @@ export interface EntryHeader {
   readonly declaredBytes: number | undefined;
   /** The format's own name for the entry's type, for messages (`FIFO`, `CharacterDevice`...). */
   readonly typeLabel: string;
+  /** A symbolic link's target as the archive gives it, or the entry name a hard link points to. */
+  readonly linkTarget?: string | undefined;
 }
 
 /** What the rules let through: where the entry goes and what must be created first. */
 export interface VettedEntry {
   readonly name: string;
-  readonly kind: 'file' | 'directory';
+  readonly kind: 'file' | 'directory' | 'symlink' | 'hard-link';
   /** Path segments below the extraction directory; empty for the directory itself (`./`). */
   readonly segments: readonly string[];
   /** Directories (as segment lists, parents first) that no earlier entry has claimed yet. */
@@ -85,6 +99,10 @@ export interface VettedEntry {
   /** Whether the archive gives the file any execute bit (the only mode bit ever applied). */
   readonly executable: boolean;
   readonly declaredBytes: number | undefined;
+  /** A symbolic link's target, checked for its form only (where it leads is checked once all exist). */
+  readonly symlinkTarget?: string | undefined;
+  /** A hard link's target: the segments of a regular file extracted before it. */
+  readonly hardLinkTarget?: readonly string[] | undefined;
 }
 
 const SETUID_SETGID_BITS = 0o6000;
@@ -120,20 +138,28 @@ export function safeSegments(name: string): string[] {
 }
 
 /**
- * The rules for one entry's type and mode: only files and directories are ever extracted. Links are
- * refused (a symlink followed by a file written through it is the classic escape), and so are devices,
- * FIFOs and sockets (opening one can block or reach hardware) and setuid or setgid bits. Entry types the
- * extractor does not read are ArchiveInvalidError (`unsupported`): not hostile, but not extractable.
+ * The rules for one entry's type and mode: files and directories are extracted; links only with
+ * `allowLinks: 'inside'` (a symlink followed by a file written through it is the classic escape, so by
+ * default every link refuses the archive); devices, FIFOs and sockets never (opening one can block or
+ * reach hardware), nor setuid or setgid bits. Entry types the extractor does not read are
+ * ArchiveInvalidError (`unsupported`): not hostile, but not extractable.
  */
-export function checkEntryType(header: EntryHeader): 'file' | 'directory' {
+export function checkEntryType(
+  header: EntryHeader,
+  links: LinkPolicy = 'none',
+): 'file' | 'directory' | 'symlink' | 'hard-link' {
   const refuse = (reason: ConstructorParameters<typeof ArchiveUnsafeError>[0], why: string): never => {
     throw new ArchiveUnsafeError(reason, header.name, why);
   };
+  const linksRefused = 'links are not extracted unless allowLinks is "inside"';
   switch (header.kind) {
     case 'symlink':
-      return refuse('symlink', 'symbolic links are not extracted');
+      if (links !== 'inside') return refuse('symlink', `symbolic ${linksRefused}`);
+      checkSymlinkTarget(header.name, header.linkTarget);
+      break;
     case 'hard-link':
-      return refuse('hard-link', 'hard links are not extracted');
+      if (links !== 'inside') return refuse('hard-link', `hard ${linksRefused}`);
+      break;
     case 'special-file':
       return refuse('special-file', `${header.typeLabel} entries are not extracted`);
     case 'unsupported':
@@ -151,6 +177,30 @@ export function checkEntryType(header: EntryHeader): 'file' | 'directory' {
 }
 
 /**
+ * A symbolic link's target, returned as it is once its form passes: relative, portable segments (`..`
+ * allowed: where it leads is judged by the file system once every entry exists, since a lexical check
+ * cannot see other links).
+ */
+function checkSymlinkTarget(name: string, target: string | undefined): string {
+  const refuse = (reason: 'symlink' | 'backslash' | 'unportable-name', why: string): never => {
+    throw new ArchiveUnsafeError(reason, name, why);
+  };
+  if (target === undefined || target === '') return refuse('symlink', 'the link has no target');
+  if (Buffer.byteLength(target) > MAX_LINK_TARGET_BYTES)
+    return refuse('symlink', 'the link target is too long');
+  if (target.startsWith('/') || DRIVE_LETTER.test(target))
+    return refuse('symlink', 'the link target is absolute');
+  if (target.includes('\\')) return refuse('backslash', 'the link target contains a backslash');
+  for (const segment of target.split('/')) {
+    if (segment === '' || segment === '.' || segment === '..') continue;
+    const problem = portableNameProblem(segment);
+    if (problem !== undefined)
+      refuse('unportable-name', `link target segment ${JSON.stringify(segment)} ${problem}`);
+  }
+  return target;
+}
+
+/**
  * Every name one extraction has claimed, so that no two entries land on one file: not the same name twice,
  * not two names that only differ in case or Unicode normalisation (one file on Windows and macOS, so which
  * bytes it held would depend on the platform), and no name used both as a file and as a directory.
@@ -158,12 +208,16 @@ export function checkEntryType(header: EntryHeader): 'file' | 'directory' {
  */
 export class NameLedger {
   // Folded path -> what claimed it, under its exact spelling.
-  readonly #claimed = new Map<string, { exact: string; kind: 'file' | 'directory' }>();
+  readonly #claimed = new Map<string, { exact: string; kind: ClaimKind }>();
 
-  /** Claims the entry's path and its parent directories; returns the directories not claimed before. */
-  claim(name: string, kind: 'file' | 'directory', segments: readonly string[]): (readonly string[])[] {
+  /**
+   * Claims the entry's path and its parent directories; returns the directories not claimed before. A
+   * symlink is claimed as such, so that no later entry can be written through it (its path would have to
+   * be claimed as a directory).
+   */
+  claim(name: string, kind: ClaimKind, segments: readonly string[]): (readonly string[])[] {
     if (segments.length === 0) {
-      if (kind === 'file') throw new ArchiveUnsafeError('unportable-name', name, 'a file needs a name');
+      if (kind !== 'directory') throw new ArchiveUnsafeError('unportable-name', name, 'a file needs a name');
       return []; // `./`: the extraction directory itself
     }
     const newDirectories: (readonly string[])[] = [];
@@ -184,19 +238,29 @@ export class NameLedger {
           `"${exact}" and "${earlier.exact}" differ only in case or Unicode normalisation`,
         );
       }
-      if (earlier.kind !== claimKind) {
+      if (earlier.kind !== claimKind && (earlier.kind === 'directory' || claimKind === 'directory')) {
         throw new ArchiveUnsafeError(
           'file-directory-conflict',
           name,
-          `"${exact}" is both a file and a directory`,
+          `"${exact}" is both a directory and a ${earlier.kind === 'directory' ? claimKind : earlier.kind}`,
         );
       }
-      if (claimKind === 'file')
+      if (claimKind !== 'directory')
         throw new ArchiveUnsafeError('duplicate-name', name, `"${exact}" appears twice`);
     }
     return newDirectories;
   }
+
+  /** Whether `segments` name a regular file claimed before (under this exact spelling). */
+  isFile(segments: readonly string[]): boolean {
+    const exact = segments.join('/');
+    const claimed = this.#claimed.get(foldName(exact));
+    return claimed?.kind === 'file' && claimed.exact === exact;
+  }
 }
+
+/** What a path is claimed as: a hard link is a regular file like any other. */
+type ClaimKind = 'file' | 'directory' | 'symlink';
 
 /** The form under which case-insensitive, normalisation-insensitive file systems compare names. */
 function foldName(pathText: string): string {
@@ -297,11 +361,18 @@ export class ExtractionBudget {
  * Vets one entry against every rule: the budget first (a flood of entries is refused even if each one is
  * harmless), then its type, its name, and the names claimed before it.
  */
-export function vetEntry(header: EntryHeader, ledger: NameLedger, budget: ExtractionBudget): VettedEntry {
+export function vetEntry(
+  header: EntryHeader,
+  ledger: NameLedger,
+  budget: ExtractionBudget,
+  links: LinkPolicy = 'none',
+): VettedEntry {
   budget.admit(header);
-  const kind = checkEntryType(header);
+  const kind = checkEntryType(header, links);
   const segments = safeSegments(header.name);
-  const newDirectories = ledger.claim(header.name, kind, segments);
+  const hardLinkTarget = kind === 'hard-link' ? hardLinkTargetOf(header, ledger) : undefined;
+  const claimKind = kind === 'hard-link' ? 'file' : kind;
+  const newDirectories = ledger.claim(header.name, claimKind, segments);
   const executable = kind === 'file' && header.mode !== undefined && (header.mode & ANY_EXECUTE_BITS) !== 0;
   return {
     name: header.name,
@@ -310,5 +381,30 @@ export function vetEntry(header: EntryHeader, ledger: NameLedger, budget: Extrac
     newDirectories,
     executable,
     declaredBytes: header.declaredBytes,
+    ...(kind === 'symlink' ? { symlinkTarget: header.linkTarget } : {}),
+    ...(hardLinkTarget ? { hardLinkTarget } : {}),
   };
+}
+
+/** A hard link's target: an entry name of a regular file extracted before it, nothing else. */
+function hardLinkTargetOf(header: EntryHeader, ledger: NameLedger): string[] {
+  const target = header.linkTarget ?? '';
+  let segments: string[];
+  try {
+    segments = safeSegments(target);
+  } catch {
+    throw new ArchiveUnsafeError(
+      'hard-link',
+      header.name,
+      `its target ${JSON.stringify(target)} is not a name inside`,
+    );
+  }
+  if (!ledger.isFile(segments)) {
+    throw new ArchiveUnsafeError(
+      'hard-link',
+      header.name,
+      `its target ${JSON.stringify(target)} is not a file extracted before it`,
+    );
+  }
+  return segments;
 }

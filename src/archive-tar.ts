@@ -122,7 +122,9 @@ export function tarEntryHeader(entry: ReadEntry): EntryHeader {
   const name = entry.header.path ?? entry.path;
   const mode = entry.header.mode === undefined ? undefined : entry.header.mode & 0o7777;
   const typeLabel = entry.type;
-  return { name, kind, mode, declaredBytes: kind === 'file' ? entry.size : 0, typeLabel };
+  // Like the name, the link target as the archive spells it (`entry.linkpath` is rewritten on Windows).
+  const linkTarget = entry.header.linkpath || undefined;
+  return { name, kind, mode, declaredBytes: kind === 'file' ? entry.size : 0, typeLabel, linkTarget };
 }
 
 /** The parser's and the source's errors become ArchiveInvalidError; our own errors pass unchanged. */

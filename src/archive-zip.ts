@@ -3,7 +3,7 @@ import type { Readable } from 'node:stream';
 import { crc32, inflateRawSync } from 'node:zlib';
 import { type Entry, getFileNameLowLevel, open, type ZipFile } from 'yauzl';
 import type { EntrySink } from './archive-extract.js';
-import type { EntryHeader, EntryKind } from './archive-safety.js';
+import { type EntryHeader, type EntryKind, MAX_LINK_TARGET_BYTES } from './archive-safety.js';
 import { ArchiveInvalidError, PayloadCacheError } from './errors.js';
 
 /**
@@ -47,7 +47,9 @@ export async function readZip(archivePath: string, sink: EntrySink): Promise<voi
       for (;;) {
         const entry = await nextEntry(zipfile);
         if (!entry) break;
-        const header = zipEntryHeader(entry);
+        const header = await withLinkTarget(zipEntryHeader(entry), sink, () =>
+          openBody(zipfile, archive, entry, zipEntryName(entry)),
+        );
         await sink.accept(header, () => openBody(zipfile, archive, entry, header.name));
       }
     } finally {
@@ -93,14 +95,31 @@ function nextEntry(zipfile: ZipFile): Promise<Entry | undefined> {
   });
 }
 
+/**
+ * A zip keeps a symbolic link's target as the entry's content. When links may be extracted, that content
+ * (a few bytes; at most MAX_LINK_TARGET_BYTES are read) becomes the header's `linkTarget` before the rules
+ * see it; otherwise the link is refused by type and its content never read.
+ */
+async function withLinkTarget(
+  header: EntryHeader,
+  sink: EntrySink,
+  openContent: () => Promise<AsyncIterable<Uint8Array>>,
+): Promise<EntryHeader> {
+  if (header.kind !== 'symlink' || !sink.readsLinks) return header;
+  if ((header.declaredBytes ?? 0) > MAX_LINK_TARGET_BYTES) return header; // no target: refused as such
+  const chunks: Buffer[] = [];
+  for await (const chunk of await openContent()) chunks.push(Buffer.from(chunk));
+  return { ...header, linkTarget: Buffer.concat(chunks).toString('utf8') };
+}
+
+/** The entry's name, decoded by yauzl in strict mode: backslashes kept, so the rules can refuse them. */
+function zipEntryName(entry: Entry): string {
+  return getFileNameLowLevel(entry.generalPurposeBitFlag, entry.fileNameRaw, entry.extraFields, true);
+}
+
 /** An entry in the rules' terms. Only a Unix host's mode is believed; others' attributes mean nothing here. */
 export function zipEntryHeader(entry: Entry): EntryHeader {
-  const name = getFileNameLowLevel(
-    entry.generalPurposeBitFlag,
-    entry.fileNameRaw,
-    entry.extraFields,
-    true, // strict: keep backslashes as they are, so the rules can refuse them
-  );
+  const name = zipEntryName(entry);
   const unixMode = UNIX_HOSTS.has(entry.versionMadeBy >> 8) ? entry.externalFileAttributes >>> 16 : 0;
   const unixType = UNIX_TYPES.get(unixMode & FILE_TYPE_BITS);
   const mode = unixMode === 0 ? undefined : unixMode & 0o7777;
@@ -118,7 +137,8 @@ export function zipEntryHeader(entry: Entry): EntryHeader {
     kind = 'unsupported';
     label = `unknown (mode ${unixMode.toString(8)})`;
   }
-  const declaredBytes = kind === 'file' ? entry.uncompressedSize : 0;
+  // A symlink's content is its target: declared, so that the budget and the target's reading see it.
+  const declaredBytes = kind === 'file' || kind === 'symlink' ? entry.uncompressedSize : 0;
   return { name, kind, mode, declaredBytes, typeLabel: label };
 }
 

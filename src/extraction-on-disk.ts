@@ -247,19 +247,23 @@ function ignoreMissing(error: unknown): void {
   if (errorCode(error) !== 'ENOENT') throw error;
 }
 
-const fileLineSchema = z.object({
-  path: z.string(),
-  size_bytes: z.number().int().nonnegative(),
-  sha256: z
-    .string()
-    .regex(/^[0-9a-f]{64}$/)
-    .optional(),
-});
+const fileLineSchema = z.union([
+  z.object({
+    path: z.string(),
+    size_bytes: z.number().int().nonnegative(),
+    sha256: z
+      .string()
+      .regex(/^[0-9a-f]{64}$/)
+      .optional(),
+  }),
+  z.object({ path: z.string(), symlink: z.string() }),
+]);
 
 /**
  * `verify` of one published extraction: every file its list names is a regular file below `content/` with
- * the recorded size and, where one is recorded, sha256 (read whole: this is the slow, thorough check); the
- * list holds as many files as the marker says. `undefined` when all is well.
+ * the recorded size and, where one is recorded, sha256 (read whole: this is the slow, thorough check), and
+ * every symbolic link it names is one with the recorded target; the list holds as many entries as the
+ * marker says. `undefined` when all is well.
  */
 export async function checkExtractionFiles(
   dir: string,
@@ -280,6 +284,11 @@ export async function checkExtractionFiles(
       const filePath = path.join(content, ...file.path.split('/'));
       if (path.relative(content, filePath).startsWith('..')) return 'size-mismatch';
       const stats = await fsp.lstat(filePath).catch(() => undefined);
+      if ('symlink' in file) {
+        const target = stats?.isSymbolicLink() ? await fsp.readlink(filePath) : undefined;
+        if (target !== file.symlink) return 'size-mismatch';
+        continue;
+      }
       if (!stats?.isFile() || stats.size !== file.size_bytes) return 'size-mismatch';
       if (file.sha256 !== undefined && (await sha256Of(filePath)) !== file.sha256) hashProblem = true;
     }

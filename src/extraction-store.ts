@@ -127,11 +127,16 @@ function markerText(marker: ExtractionMarker): string {
   return `${JSON.stringify(marker)}\n`;
 }
 
+/** One JSON line per file: path, size and sha256, or path and target for a symbolic link. */
 function fileListText(files: readonly ExtractedFile[]): string {
   return files
-    .map(
-      (file) => `${JSON.stringify({ path: file.path, size_bytes: file.sizeBytes, sha256: file.sha256 })}\n`,
-    )
+    .map((file) => {
+      const line =
+        file.symlinkTarget === undefined
+          ? { path: file.path, size_bytes: file.sizeBytes, sha256: file.sha256 }
+          : { path: file.path, symlink: file.symlinkTarget };
+      return `${JSON.stringify(line)}\n`;
+    })
     .join('');
 }
 

@@ -1,7 +1,19 @@
 import { createHash } from 'node:crypto';
-import { closeSync, constants, fchmodSync, promises as fsp, fsync, openSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fchmodSync,
+  promises as fsp,
+  fsync,
+  linkSync,
+  openSync,
+  realpathSync,
+  symlinkSync,
+  writeSync,
+} from 'node:fs';
 import path from 'node:path';
 import type { VettedEntry } from './archive-safety.js';
+import { ArchiveUnsafeError } from './errors.js';
 import { type CreateModes, fsyncDir } from './file-system.js';
 import { forEachLimited } from './sublayer-scan.js';
 
@@ -10,8 +22,10 @@ export interface ExtractedFile {
   /** Path below the extraction directory, `/`-separated on every platform. */
   readonly path: string;
   readonly sizeBytes: number;
-  /** Lower-case hex sha256 of the content, computed while it was written. */
+  /** Lower-case hex sha256 of the content, computed while it was written (a symlink's: of nothing). */
   readonly sha256: string;
+  /** For a symbolic link (`allowLinks: 'inside'`): its target, as the archive gives it. */
+  readonly symlinkTarget?: string;
 }
 
 // O_EXCL refuses anything already at the name, a symlink included; O_NOFOLLOW says so twice where it exists.
@@ -48,6 +62,8 @@ export class ExtractionWriter {
   /** Parents before children, in creation order. */
   readonly #createdDirectories: string[] = [];
   readonly #syncs = new SyncQueue();
+  /** Symbolic links to create once everything else exists, so that where each leads can be checked. */
+  readonly #symlinks: { entryName: string; linkPath: string; target: string }[] = [];
 
   /** `modes`: explicit modes for a group-shared cache; `undefined`: the umask decides. */
   constructor(root: string, modes?: CreateModes) {
@@ -98,13 +114,54 @@ export class ExtractionWriter {
     }
   }
 
+  /** A hard link at the entry's path to a file this writer wrote before (its target's content). */
+  linkFile(segments: readonly string[], targetSegments: readonly string[]): void {
+    const linkPath = this.#pathOf(segments);
+    linkSync(this.#pathOf(targetSegments), linkPath);
+    this.#createdFiles.push(linkPath);
+  }
+
+  /** A symbolic link to create in {@link ExtractionWriter.finish}, once every file and directory exists. */
+  addSymlink(entryName: string, segments: readonly string[], target: string): void {
+    this.#symlinks.push({ entryName, linkPath: this.#pathOf(segments), target });
+  }
+
   /**
-   * Waits until every file written is on stable storage and closed, then fsyncs every directory created
-   * and the root, so that the names survive a power loss as well as the bytes: after this resolves, a
-   * rename of the root publishes a complete tree.
+   * Creates the symbolic links, then checks where each one leads now that every entry exists: its real
+   * path must lie inside the root (a lexical check cannot see that `a -> .` makes `b -> a/../x` leave it),
+   * and it must lead somewhere. The tree is private until it is published, so nothing changes in between.
+   */
+  #createSymlinks(): void {
+    if (this.#symlinks.length === 0) return;
+    // The kernel's realpath: Node's own (non-native) one folds `..` before it follows a link, so it would
+    // see `a/../x` under `a -> .` as inside while the file system leads outside.
+    const realRoot = realpathSync.native(this.#root);
+    for (const { linkPath, target } of this.#symlinks) {
+      symlinkSync(target, linkPath);
+      this.#createdFiles.push(linkPath);
+    }
+    for (const { entryName, linkPath } of this.#symlinks) {
+      let resolved: string;
+      try {
+        resolved = realpathSync.native(linkPath);
+      } catch {
+        throw new ArchiveUnsafeError('symlink', entryName, 'the link leads to nothing in the extraction');
+      }
+      const relative = path.relative(realRoot, resolved);
+      if (relative.startsWith('..') || path.isAbsolute(relative)) {
+        throw new ArchiveUnsafeError('symlink', entryName, 'the link leads outside the extraction');
+      }
+    }
+  }
+
+  /**
+   * Waits until every file written is on stable storage and closed, creates the symbolic links (and checks
+   * them), then fsyncs every directory created and the root, so that the names survive a power loss as well
+   * as the bytes: after this resolves, a rename of the root publishes a complete tree.
    */
   async finish(): Promise<void> {
     await this.#syncs.drain();
+    this.#createSymlinks();
     await forEachLimited([this.#root, ...this.#createdDirectories], MAX_PENDING_SYNCS, fsyncDir);
   }
 

@@ -3,6 +3,8 @@ import {
   ARCHIVE_FORMATS,
   type ArchiveFormat,
   type ExtractionLimits,
+  LINK_POLICIES,
+  type LinkPolicy,
   resolveLimits,
 } from './archive-safety.js';
 import { validateKey } from './entry-paths.js';
@@ -177,20 +179,33 @@ export function isOffline(settings: Settings): boolean {
  */
 export function validateExtractArgs(fetchFn: unknown, options: unknown): ExtractionRequest {
   validateFetchArgs(fetchFn, options);
-  const { format, maxEntries, maxExtractedBytes, maxCompressionRatio } = (options ??
+  const { format, maxEntries, maxExtractedBytes, maxCompressionRatio, allowLinks } = (options ??
     {}) as GetOrExtractOptions;
   if (format !== undefined && !ARCHIVE_FORMATS.includes(format)) {
     throw new InvalidOptionsError(
       `format must be one of ${ARCHIVE_FORMATS.join(', ')}, got ${String(format)}`,
     );
   }
+  if (allowLinks !== undefined && !LINK_POLICIES.includes(allowLinks)) {
+    throw new InvalidOptionsError(
+      `allowLinks must be one of ${LINK_POLICIES.join(', ')}, got ${String(allowLinks)}`,
+    );
+  }
   const limits = resolveLimits({ maxEntries, maxExtractedBytes, maxCompressionRatio });
-  return format === undefined ? limits : { ...limits, format };
+  return {
+    ...limits,
+    ...(format === undefined ? {} : { format }),
+    ...(allowLinks === undefined ? {} : { allowLinks }),
+  };
 }
 
-/** What `getOrExtract` hands the extraction core besides the archive: the format if given, the limits. */
+/**
+ * What `getOrExtract` hands the extraction core besides the archive: the limits, and the format and the
+ * link policy if given.
+ */
 export interface ExtractionRequest extends ExtractionLimits {
   readonly format?: ArchiveFormat;
+  readonly allowLinks?: LinkPolicy;
 }
 
 /** Validates a `getOrFetch` call's fetcher and options (the key is checked separately). */

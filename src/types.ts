@@ -1,4 +1,4 @@
-import type { ArchiveFormat } from './archive-safety.js';
+import type { ArchiveFormat, LinkPolicy } from './archive-safety.js';
 import type { Manifest } from './manifest.js';
 
 /** Answer of a fetcher meaning "the previous entry is still current": the entry is renewed, not re-downloaded. */
@@ -106,6 +106,12 @@ export interface GetOrExtractOptions extends GetOrFetchOptions {
   maxExtractedBytes?: number;
   /** Most bytes of extracted content per byte of archive, over the whole archive; default 200. */
   maxCompressionRatio?: number;
+  /**
+   * `'inside'`: extract symbolic links whose target, once every entry is in place, resolves inside the
+   * extraction, and hard links to a file extracted before them. Default `'none'`: any link refuses the
+   * archive (`ArchiveUnsafeError`).
+   */
+  allowLinks?: LinkPolicy;
 }
 
 /** One committed entry, as `list()` reports it. */

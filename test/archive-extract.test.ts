@@ -12,7 +12,14 @@ import {
   InvalidOptionsError,
 } from '../src/errors.js';
 import { buildTar, buildZip, gzipped, type TarEntrySpec, type ZipEntrySpec } from './archive-builders.js';
-import { makeTempDir, patternBytes, rejectionOf, removeTempDirs, sha256 } from './helpers.js';
+import {
+  makeTempDir,
+  patternBytes,
+  rejectionOf,
+  removeTempDirs,
+  sha256,
+  symlinksNeedPrivilege,
+} from './helpers.js';
 
 afterEach(removeTempDirs);
 
@@ -473,5 +480,98 @@ describe('formats and options', () => {
         .digest('hex'),
     );
     expect(file?.sha256).toBe(sha256(content));
+  });
+});
+
+describe('allowLinks: "inside" extracts links that stay inside, and only those', () => {
+  const inside = { allowLinks: 'inside' } as const;
+
+  it.skipIf(symlinksNeedPrivilege)(
+    'a relative symbolic link to a file and one to a directory (tar)',
+    async () => {
+      const tar = buildTar([
+        { path: 'data/v1/table.csv', content: 'a,b\n' },
+        { path: 'latest', type: 'SymbolicLink', linkpath: 'data/v1' },
+        { path: 'data/current.csv', type: 'SymbolicLink', linkpath: 'v1/table.csv' },
+      ]);
+      const { archivePath, dest } = await workspace(tar);
+      const result = await extractArchive(archivePath, dest, inside);
+      expect(await fsp.readlink(path.join(dest, 'latest'))).toBe('data/v1');
+      expect(await fsp.readFile(path.join(dest, 'latest', 'table.csv'), 'utf8')).toBe('a,b\n');
+      expect(await fsp.readFile(path.join(dest, 'data', 'current.csv'), 'utf8')).toBe('a,b\n');
+      expect(
+        result.files.filter((file) => file.symlinkTarget !== undefined).map((file) => file.path),
+      ).toEqual(['latest', 'data/current.csv']);
+    },
+  );
+
+  it.skipIf(symlinksNeedPrivilege)('a symbolic link in a zip (its target is its content)', async () => {
+    const zip = buildZip([
+      { name: 'notes.txt', content: 'hello' },
+      { name: 'readme', content: 'notes.txt', unixMode: 0o120777 },
+    ]);
+    const { archivePath, dest } = await workspace(zip);
+    await extractArchive(archivePath, dest, inside);
+    expect(await fsp.readlink(path.join(dest, 'readme'))).toBe('notes.txt');
+  });
+
+  it.skipIf(symlinksNeedPrivilege)(
+    'refuses a link that leads outside, plainly or through another link',
+    async () => {
+      const up = buildTar([{ path: 'up', type: 'SymbolicLink', linkpath: '../archive' }]);
+      expect((await expectUnsafe(up, 'symlink', inside)).message).toContain('outside');
+      // Lexically `a/../archive` is the `archive` extracted here; with `a -> .` the file system takes it to
+      // the work directory's `archive` (a check that folds `..` first, as Node's non-native realpath does,
+      // would let it through).
+      const chained = buildTar([
+        { path: 'archive', content: 'decoy inside' },
+        { path: 'a', type: 'SymbolicLink', linkpath: '.' },
+        { path: 'b', type: 'SymbolicLink', linkpath: 'a/../archive' },
+      ]);
+      expect((await expectUnsafe(chained, 'symlink', inside)).message).toContain('outside');
+      const absolute = buildTar([{ path: 'etc', type: 'SymbolicLink', linkpath: '/etc' }]);
+      await expectUnsafe(absolute, 'symlink', inside);
+    },
+  );
+
+  it.skipIf(symlinksNeedPrivilege)(
+    'refuses a link that leads to nothing, and a file written through a link',
+    async () => {
+      const dangling = buildTar([{ path: 'nowhere', type: 'SymbolicLink', linkpath: 'missing.csv' }]);
+      expect((await expectUnsafe(dangling, 'symlink', inside)).message).toContain('nothing');
+      const through = buildTar([
+        { path: 'dir/', type: 'Directory' },
+        { path: 'link', type: 'SymbolicLink', linkpath: 'dir' },
+        { path: 'link/file.txt', content: 'x' },
+      ]);
+      await expectUnsafe(through, 'file-directory-conflict', inside);
+    },
+  );
+
+  it('a hard link to a file extracted before it; not to anything else', async () => {
+    const tar = buildTar([
+      { path: 'data.csv', content: 'a,b\n' },
+      { path: 'copy.csv', type: 'Link', linkpath: 'data.csv' },
+    ]);
+    const { archivePath, dest } = await workspace(tar);
+    const result = await extractArchive(archivePath, dest, inside);
+    expect(await fsp.readFile(path.join(dest, 'copy.csv'), 'utf8')).toBe('a,b\n');
+    expect(result.files.map((file) => [file.path, file.sizeBytes])).toEqual([
+      ['data.csv', 4],
+      ['copy.csv', 4],
+    ]);
+    await expectUnsafe(buildTar([{ path: 'x', type: 'Link', linkpath: 'later.csv' }]), 'hard-link', inside);
+    await expectUnsafe(buildTar([{ path: 'x', type: 'Link', linkpath: '../archive' }]), 'hard-link', inside);
+    const toDirectory = buildTar([
+      { path: 'dir/', type: 'Directory' },
+      { path: 'x', type: 'Link', linkpath: 'dir' },
+    ]);
+    await expectUnsafe(toDirectory, 'hard-link', inside);
+  });
+
+  it('bad values of allowLinks are InvalidOptionsError', async () => {
+    const { archivePath, dest } = await workspace(buildTar([{ path: 'a', content: 'x' }]));
+    const error = await rejectionOf(extractArchive(archivePath, dest, { allowLinks: 'all' as never }));
+    expect(error).toBeInstanceOf(InvalidOptionsError);
   });
 });

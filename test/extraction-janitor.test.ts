@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { backgroundSweep, CacheManager } from '../src/cache-manager.js';
 import { tmpPathFor } from '../src/entry-paths.js';
 import { tryLock } from '../src/soft-lock.js';
-import { buildZip } from './archive-builders.js';
+import { buildTar, buildZip } from './archive-builders.js';
 import { exists, makeTempDir, manualClock, removeTempDirs, symlinksNeedPrivilege } from './helpers.js';
 
 afterEach(removeTempDirs);
@@ -244,4 +244,33 @@ describe('verify checks every extracted file', () => {
     await fsp.rm(path.join(extraction, 'content', 'notes.txt'));
     expect((await cache.verify()).bad).toEqual([{ key: KEY, path: extraction, reason: 'size-mismatch' }]);
   });
+});
+
+describe('extractions with links (allowLinks: "inside")', () => {
+  it.skipIf(symlinksNeedPrivilege)(
+    'verify checks a link’s target, and clear removes the link, never its target',
+    async () => {
+      const { root, cache, dir } = await setup(Number.POSITIVE_INFINITY);
+      const tar = buildTar([
+        { path: 'data/table.csv', content: 'a,b\n' },
+        { path: 'latest.csv', type: 'SymbolicLink', linkpath: 'data/table.csv' },
+      ]);
+      const content = await cache.getOrExtract('links.tar', () => tar, { allowLinks: 'inside' });
+      expect(await fsp.readFile(path.join(content, 'latest.csv'), 'utf8')).toBe('a,b\n');
+      expect(await cache.verify()).toMatchObject({ checked: 2, bad: [] });
+
+      await fsp.unlink(path.join(content, 'latest.csv'));
+      await fsp.symlink(path.join(root, 'elsewhere'), path.join(content, 'latest.csv'));
+      const extraction = path.dirname(content);
+      expect((await cache.verify()).bad).toEqual([
+        { key: 'links.tar', path: extraction, reason: 'size-mismatch' },
+      ]);
+
+      await fsp.writeFile(path.join(root, 'elsewhere'), 'keep');
+      await cache.clear();
+      expect(await exists(extraction)).toBe(false);
+      expect(await fsp.readFile(path.join(root, 'elsewhere'), 'utf8')).toBe('keep');
+      expect(await fsp.readdir(dir)).toEqual([]);
+    },
+  );
 });
