@@ -505,6 +505,15 @@ describe('fetch', () => {
     const misuse = await run(['fetch', server.url('/files/weo.zip'), '--sublayer', 'dl', '--format', 'zip']);
     expect(misuse.code).toBe(2);
     expect(misuse.stderr).toContain('--format goes with --extract');
+    const linksMisuse = await run([
+      'fetch',
+      server.url('/files/weo.zip'),
+      '--sublayer',
+      'dl',
+      '--allow-links',
+    ]);
+    expect(linksMisuse.code).toBe(2);
+    expect(linksMisuse.stderr).toContain('--allow-links goes with --extract');
   });
 
   it('a second fetch is a hit: no request, the same path', async () => {

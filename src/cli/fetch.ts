@@ -23,7 +23,8 @@ export const fetchCommand: Command = {
   name: 'fetch',
   summary: 'Download a URL (or a mirror of it) into the cache and print its path',
   help: `Usage: payload-cache fetch <url> [<url>...] --sublayer S [--key K] [--ttl DURATION] [--refresh]
-                           [--extract [--format F]] [--retries N] [--keep-n N] [--max-bytes SIZE]
+                           [--extract [--format F] [--allow-links]] [--retries N] [--keep-n N]
+                           [--max-bytes SIZE]
                            [--offline] [--shared group] [--root DIR]
 
 Downloads <url> into the cache with the library's httpFetcher (streamed to disk, retried, resumed,
@@ -63,6 +64,8 @@ Options:
   --refresh          Download even if a fresh entry exists
   --extract          Print the directory of the extracted archive, extracting it first if needed
   --format F         With --extract: zip, tar, tar.gz or gzip, when detection from the bytes is not wanted
+  --allow-links      With --extract: keep symbolic links that resolve inside the extraction and hard links
+                     to files extracted before them (by default any link refuses the archive)
   --retries N        Retries of each URL after a network error, a timeout or a 408/429/5xx answer.
                      Default 3
   --keep-n N         Afterwards, evict least recently used entries of the sublayer down to exactly N
@@ -76,6 +79,7 @@ Options:
     refresh: { type: 'boolean' },
     extract: { type: 'boolean' },
     format: { type: 'string' },
+    'allow-links': { type: 'boolean' },
     retries: { type: 'string' },
     'keep-n': { type: 'string' },
     'max-bytes': { type: 'string' },
@@ -117,11 +121,18 @@ async function runFetch(input: CommandInput, io: Io): Promise<number> {
   const startMs = Date.now();
   const extract = flag(input, 'extract');
   const format = formatOf(input, extract);
+  const allowLinks = flag(input, 'allow-links');
+  if (allowLinks && !extract) throw new UsageError('--allow-links goes with --extract');
   const options = { signal: interrupt.signal, refresh: flag(input, 'refresh') };
+  const extractOptions = {
+    ...options,
+    ...(format === undefined ? {} : { format }),
+    ...(allowLinks ? { allowLinks: 'inside' as const } : {}),
+  };
   let printedPath: string;
   try {
     printedPath = extract
-      ? await cache.getOrExtract(key, fetchFn, format === undefined ? options : { ...options, format })
+      ? await cache.getOrExtract(key, fetchFn, extractOptions)
       : await cache.getOrFetch(key, fetchFn, options);
   } finally {
     progress.stop();
