@@ -357,11 +357,19 @@ function toBytes(chunk: unknown): Uint8Array {
   throw new InvalidOptionsError(`a body stream yielded a ${typeof chunk}, not bytes`);
 }
 
-/** Creates `filePath` exclusively, with `modes.file` when given; removed again if that fails. */
-async function createExclusive(filePath: string, modes: CreateModes | undefined): Promise<fsp.FileHandle> {
+/**
+ * Creates `filePath` exclusively, with `modes.file` when given, and runs `fill` on it; if either fails the
+ * file is closed and removed again.
+ */
+async function createExclusive(
+  filePath: string,
+  modes: CreateModes | undefined,
+  fill?: (handle: fsp.FileHandle) => Promise<void>,
+): Promise<fsp.FileHandle> {
   const handle = await fsp.open(filePath, EXCLUSIVE_CREATE, 0o644);
   try {
     await applyFileMode(handle, modes);
+    await fill?.(handle);
     return handle;
   } catch (error) {
     await handle.close().catch(() => {});
@@ -377,17 +385,12 @@ export async function writeTmpFile(
   modes?: CreateModes,
 ): Promise<string> {
   const tmpPath = tmpPathFor(target);
-  const handle = await createExclusive(tmpPath, modes);
-  try {
+  await createExclusive(tmpPath, modes, async (handle) => {
     await handle.writeFile(data);
     await handle.sync();
     await handle.close();
-    return tmpPath;
-  } catch (error) {
-    await handle.close().catch(() => {});
-    await removeFile(tmpPath).catch(() => {});
-    throw error;
-  }
+  });
+  return tmpPath;
 }
 
 /** Writes a small file atomically: exclusive tmp, write, fsync, rename. The caller fsyncs the directory. */

@@ -149,7 +149,11 @@ export function resolveSettings(options: CacheManagerOptions): Settings {
 
 /** The read-only roots in effect: the option's, else `PAYLOAD_CACHE_READONLY_ROOTS`'s; absolute, own root left out. */
 export function readOnlyRootsOf(settings: Settings, ownRoot: string): string[] {
-  const given = settings.readOnlyRoots ?? readOnlyRootsFromEnv();
+  return resolveReadOnlyRoots(settings.readOnlyRoots ?? readOnlyRootsFromEnv(), ownRoot);
+}
+
+/** Read-only roots made absolute, each once, without the own root (which is never read-only to itself). */
+export function resolveReadOnlyRoots(given: readonly string[], ownRoot: string): string[] {
   const roots = given.map((root) => path.resolve(root)).filter((root) => root !== ownRoot);
   return [...new Set(roots)];
 }

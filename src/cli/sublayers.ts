@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { isCacheRoot } from '../entry-store.js';
 import { CacheManager, InvalidKeyError, NotCacheRootError } from '../index.js';
-import { readOnlyRootsFromEnv } from '../options.js';
+import { readOnlyRootsFromEnv, resolveReadOnlyRoots } from '../options.js';
 import type { Io } from './command.js';
 import { formatError } from './errors.js';
 
@@ -58,9 +58,7 @@ async function sublayersIn(root: string): Promise<string[]> {
 
 /** The read-only roots `PAYLOAD_CACHE_READONLY_ROOTS` names, absolute, without `root` itself. */
 export function readOnlyRootsBeside(root: string): string[] {
-  return [...new Set(readOnlyRootsFromEnv().map((layer) => path.resolve(layer)))].filter(
-    (layer) => layer !== root,
-  );
+  return resolveReadOnlyRoots(readOnlyRootsFromEnv(), root);
 }
 
 /**

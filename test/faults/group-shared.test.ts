@@ -94,36 +94,27 @@ afterEach(async () => {
 
 const body = (sizeBytes: number, seed: number) => ({ sizeBytes, seed, form: 'stream' });
 
+/** The cache-ops fixture's config for this lane's cache root. */
+function laneConfig(ops: Record<string, unknown>[], options: object) {
+  return { root: cacheRoot, sublayer: SUBLAYER, ttlMs: TTL_MS, lockStaleMs: LOCK_STALE_MS, ops, ...options };
+}
+
 async function run(
   user: User,
   umask: string,
   ops: Record<string, unknown>[],
   options: Record<string, unknown>,
 ): Promise<OpResult[]> {
-  const config = {
-    root: cacheRoot,
-    sublayer: SUBLAYER,
-    ttlMs: TTL_MS,
-    lockStaleMs: LOCK_STALE_MS,
-    ops,
-    ...options,
-  };
-  return opResults(await runCaptured(asUser(user, umask, cacheOps(config)), CHILD_TIMEOUT_MS), ops.length);
+  const command = asUser(user, umask, cacheOps(laneConfig(ops, options)));
+  return opResults(await runCaptured(command, CHILD_TIMEOUT_MS), ops.length);
 }
 
 /** A's writer SIGKILLed at `phase` while fetching `key`: it leaves its lock (and, streaming, its tmp file). */
 async function killedWriter(umask: string, key: string, phase: 'locked' | 'streaming', options: object) {
   const file = path.join(pauseDir, `${key}.${phase}`);
   const ops = [{ op: 'getOrFetch', key, body: body(2_048 * KiB, 5) }];
-  const config = {
-    root: cacheRoot,
-    sublayer: SUBLAYER,
-    ttlMs: TTL_MS,
-    lockStaleMs: LOCK_STALE_MS,
-    ops,
-    ...options,
-  };
-  const killed = await runCaptured(asUser('a', umask, cacheOps(config), { phase, file }), CHILD_TIMEOUT_MS);
+  const command = asUser('a', umask, cacheOps(laneConfig(ops, options)), { phase, file });
+  const killed = await runCaptured(command, CHILD_TIMEOUT_MS);
   expect(killed.code, killed.stderr).toBe(0);
   expect(fs.readFileSync(file, 'utf8')).toBe(phase);
 }
@@ -263,14 +254,7 @@ describe(
         const shared = { shared: 'group' };
         const file = path.join(pauseDir, 'held');
         const ops = [{ op: 'getOrFetch', key: 'held.bin', body: body(KiB, 7) }];
-        const config = {
-          root: cacheRoot,
-          sublayer: SUBLAYER,
-          ttlMs: TTL_MS,
-          lockStaleMs: LOCK_STALE_MS,
-          ops,
-          ...shared,
-        };
+        const config = laneConfig(ops, shared);
         const holder = runCaptured(
           [
             'env',
