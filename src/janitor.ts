@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { type EntryPaths, entryPaths, extractionOfName, MANIFEST_SUFFIX } from './entry-paths.js';
 import { lastUsedAtMs, lookupEntry, removeEntryIfUnchanged, retireManifest } from './entry-store.js';
@@ -13,7 +13,7 @@ import {
   removeExtractionIfUnchanged,
   removeExtractionTree,
 } from './extraction-on-disk.js';
-import { type CreateModes, lstatOrUndefined, removeFile } from './file-system.js';
+import { type CreateModes, errorCode, lstatOrUndefined, removeFile } from './file-system.js';
 import {
   describesKey,
   type Freshness,
@@ -587,7 +587,10 @@ async function execute(check: Check, policy: SublayerPolicy): Promise<Outcome> {
         check.lock,
         policy.lockStaleMs,
         async (): Promise<Outcome> => {
-          if (!(await proveExtraction(check.path, check.key, check.shaPrefix))) return 'changed';
+          const proof = await proveExtraction(check.path, check.key, check.shaPrefix);
+          if (!proof) return 'changed';
+          // Proven by being empty, it is removed only while still empty: rmdir never takes a file with it.
+          if (proof === 'empty') return removeEmptyDir(check.path);
           return (await removeExtractionTree(check.path)) ? 'removed' : 'gone';
         },
         policy.modes,
@@ -662,6 +665,17 @@ async function verifyExtractions(
     );
   }
   return passed;
+}
+
+async function removeEmptyDir(dir: string): Promise<Outcome> {
+  try {
+    await fsp.rmdir(dir);
+    return 'removed';
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') return 'gone';
+    if (['ENOTEMPTY', 'EEXIST', 'ENOTDIR'].includes(errorCode(error))) return 'changed';
+    throw error;
+  }
 }
 
 /** The key and sha256 prefix of a published extraction's directory, from its name. */

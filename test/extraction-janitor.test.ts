@@ -147,6 +147,21 @@ describe('the sweep and prune remove an extraction’s tmp directory left by a d
     expect(await exists(old)).toBe(false);
   });
 
+  it('an empty one (a writer killed right after mkdir) only while it is still empty', async () => {
+    const { cache, extract } = await setup();
+    const empty = tmpPathFor(await extract());
+    await fsp.mkdir(empty);
+    const then = new Date(Date.now() - 25 * 60 * 60_000);
+    await fsp.utimes(empty, then, then);
+    const plan = await cache.planPrune();
+    expect(plan.remove).toContainEqual(expect.objectContaining({ path: empty, reason: 'orphan-tmp' }));
+    // Between the plan and the act, someone puts a file there: rmdir fails, the file stays.
+    await fsp.writeFile(path.join(empty, 'mine.txt'), 'not the cache’s');
+    const report = await cache.carryOut(plan);
+    expect(report.removed.map((item) => item.path)).not.toContain(empty);
+    expect(await fsp.readFile(path.join(empty, 'mine.txt'), 'utf8')).toBe('not the cache’s');
+  });
+
   it('not when nothing inside proves it is the cache’s', async () => {
     const { dir, cache, extract } = await setup();
     const old = await orphanTmpOf(await extract(), 25 * 60 * 60_000);
