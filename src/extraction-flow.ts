@@ -1,7 +1,12 @@
 import { type EntryPaths, type ExtractionPaths, extractionPaths } from './entry-paths.js';
 import { type EntryState, lookupEntry, recordSha256, touchEntry } from './entry-store.js';
 import { OfflineMissError } from './errors.js';
-import { type FoundExtraction, lookupExtraction, touchExtraction } from './extraction-on-disk.js';
+import {
+  type FoundExtraction,
+  lookupExtraction,
+  recheckExtraction,
+  touchExtraction,
+} from './extraction-on-disk.js';
 import type { PreparedExtraction } from './extraction-store.js';
 import type { CreateModes } from './file-system.js';
 import type { Freshness } from './manifest.js';
@@ -35,11 +40,11 @@ export class ExtractionFlow {
   readonly #observer: Observer;
   readonly #now: () => number;
   /**
-   * The archive sha256 last served per payload path. An extraction's name depends on the sha256 in the
-   * manifest, so a first hit reads the manifest, then the marker; with the sha256 remembered, both reads
-   * start at once and a hit costs one round trip, as a file hit does.
+   * The extraction last served per payload path. An extraction's name depends on the sha256 in the
+   * manifest, so a first hit reads the manifest, then the marker; with the extraction remembered, the
+   * marker's `lstat` runs beside the manifest's read, and a hit costs what a file hit costs.
    */
-  readonly #servedSha256 = new Map<string, string>();
+  readonly #served = new Map<string, LocatedExtraction>();
 
   constructor(settings: ExtractionSettings, observer: Observer, now: () => number) {
     this.#settings = settings;
@@ -52,12 +57,12 @@ export class ExtractionFlow {
    * both are there, the served content directory (the use recorded on the archive and the extraction).
    */
   async hit(paths: EntryPaths, freshness: Freshness): Promise<{ found: EntryState; served?: string }> {
-    const remembered = this.#servedSha256.get(paths.payload);
-    const guess = remembered === undefined ? undefined : locate(paths, remembered);
+    const remembered = this.#served.get(paths.payload);
+    const guess = remembered && relocate(remembered);
     const found = await lookupEntry(paths, freshness);
     if (found.state !== 'fresh') return { found };
-    const sha256 = found.manifest.sha256;
-    const located = guess && sha256 === remembered ? await guess : await this.find(paths, found);
+    const sameArchive = remembered?.target.archiveSha256 === found.manifest.sha256;
+    const located = (sameArchive && (await guess)) || (await this.find(paths, found));
     if (!located) return { found };
     return { found, served: await this.serve(paths, found, located, freshness.nowMs) };
   }
@@ -81,7 +86,7 @@ export class ExtractionFlow {
       found && touchEntry(paths, found.lastUsedAtMs, nowMs, touchIntervalMs),
       touchExtraction(target, extraction.lastUsedAtMs, nowMs, touchIntervalMs),
     ]);
-    this.#servedSha256.set(paths.payload, target.archiveSha256);
+    this.#served.set(paths.payload, located);
     this.#observer.hit(paths.key, target.content);
     return target.content;
   }
@@ -159,6 +164,11 @@ export class ExtractionFlow {
       publish: (prepared: PreparedExtraction) => report(prepared.publish(), (outcome) => outcome),
     };
   }
+}
+
+async function relocate(seen: LocatedExtraction): Promise<LocatedExtraction | undefined> {
+  const extraction = await recheckExtraction(seen.target, seen.extraction);
+  return extraction && { target: seen.target, extraction };
 }
 
 async function locate(paths: EntryPaths, sha256: string): Promise<LocatedExtraction | undefined> {

@@ -25,6 +25,8 @@ import type { ScannedExtraction } from './sublayer-scan.js';
 export const EXTRACTION_MARKER_KIND = 'payload-cache-extraction';
 /** A marker is a few hundred bytes; anything larger is not one of ours. */
 const MAX_MARKER_BYTES = 64 * 1024;
+/** A marker is read with one read of this size; a larger one (never written by the cache) reads on. */
+const FIRST_READ_BYTES = 4096;
 // Never through a symlink, and never blocking on a FIFO planted in its place.
 const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
 
@@ -50,6 +52,8 @@ export type ExtractionMarker = z.infer<typeof markerSchema>;
 /** A published extraction as found on disk. */
 export interface FoundExtraction {
   readonly marker: ExtractionMarker;
+  /** The marker's size in bytes: with the name, what {@link recheckExtraction} compares. */
+  readonly markerBytes: number;
   /** The marker's mtime: the extraction's last use. */
   readonly lastUsedAtMs: number;
 }
@@ -65,7 +69,23 @@ export async function lookupExtraction(paths: ExtractionPaths): Promise<FoundExt
   const { marker, stats } = read;
   if (!marker.complete || marker.key !== paths.key || marker.archive_sha256 !== paths.archiveSha256)
     return undefined;
-  return { marker, lastUsedAtMs: Math.round(stats.mtimeMs) };
+  return { marker, markerBytes: stats.size, lastUsedAtMs: Math.round(stats.mtimeMs) };
+}
+
+/**
+ * A later hit on an extraction this process found before (`seen`, by {@link lookupExtraction}): one
+ * `lstat` of its marker instead of a read. A published marker never changes (it is written complete before
+ * its directory is renamed into place, then only its mtime moves), and anything at that name is either
+ * the extraction itself or the same sha256 extracted again, so a regular file of the same size there is the
+ * marker seen; anything else is a miss, and the caller reads the marker again.
+ */
+export async function recheckExtraction(
+  paths: ExtractionPaths,
+  seen: FoundExtraction,
+): Promise<FoundExtraction | undefined> {
+  const stats = await fsp.lstat(paths.marker).catch(() => undefined);
+  if (!stats?.isFile() || stats.size !== seen.markerBytes) return undefined;
+  return { ...seen, lastUsedAtMs: Math.round(stats.mtimeMs) };
 }
 
 async function readMarker(
@@ -74,9 +94,17 @@ async function readMarker(
   let handle: fsp.FileHandle | undefined;
   try {
     handle = await fsp.open(markerPath, READ_FLAGS);
-    const stats = await handle.stat();
+    // The hit path: its mtime and its bytes at once, as a manifest is read (one round trip after open).
+    const buffer = Buffer.allocUnsafe(FIRST_READ_BYTES);
+    const [stats, { bytesRead }] = await Promise.all([
+      handle.stat(),
+      handle.read(buffer, 0, buffer.length, 0),
+    ]);
     if (!stats.isFile() || stats.size > MAX_MARKER_BYTES) return undefined;
-    const text = await handle.readFile('utf8');
+    const text =
+      bytesRead < buffer.length && bytesRead === stats.size
+        ? buffer.toString('utf8', 0, bytesRead)
+        : await handle.readFile('utf8');
     const parsed = markerSchema.safeParse(JSON.parse(text));
     return parsed.success ? { marker: parsed.data, stats, text } : undefined;
   } catch {

@@ -5,6 +5,7 @@ import { type ExtractOptions, extractArchive, gzipFileNameFor } from './archive-
 import { writeFileAtomic } from './atomic-writer.js';
 import { crashPoint } from './crash-points.js';
 import { type ExtractionPaths, extractionPathsAt, tmpPathFor } from './entry-paths.js';
+import { ForeignFileError } from './errors.js';
 import {
   EXTRACTION_MARKER_KIND,
   type ExtractionMarker,
@@ -119,7 +120,8 @@ async function renameIntoPlace(tmpDir: string, paths: ExtractionPaths): Promise<
     // A non-empty directory at the name: ENOTEMPTY or EEXIST on POSIX, EPERM or EACCES on Windows.
     if (!['ENOTEMPTY', 'EEXIST', 'EPERM', 'EACCES'].includes(errorCode(error))) throw error;
     if (await lookupExtraction(paths)) return false;
-    throw error;
+    // Something the cache cannot prove it made holds the name: left alone, as at a payload's name.
+    throw new ForeignFileError(paths.dir, 'a directory');
   }
 }
 

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { CacheManager } from '../src/cache-manager.js';
-import { ArchiveUnsafeError, InvalidOptionsError } from '../src/errors.js';
+import { ArchiveUnsafeError, ForeignFileError, InvalidOptionsError } from '../src/errors.js';
 import { httpFetcher } from '../src/http-fetcher.js';
 import { type FetchFn, NOT_MODIFIED } from '../src/types.js';
 import { buildZip } from './archive-builders.js';
@@ -125,6 +125,27 @@ describe('getOrExtract', () => {
     const { fetchFn, calls } = counting(() => goodZip(3));
     expect(await cache.getOrExtract(KEY, fetchFn)).toBe(replaced);
     expect(calls).toHaveLength(0);
+  });
+
+  it('a hit after the extraction was removed behind its back extracts again (the remembered one is rechecked)', async () => {
+    const { cache } = await manager();
+    const { fetchFn, calls } = counting(() => goodZip(1));
+    const first = await cache.getOrExtract(KEY, fetchFn);
+    expect(await cache.getOrExtract(KEY, fetchFn)).toBe(first);
+    await fsp.rm(path.dirname(first), { recursive: true });
+    expect(await cache.getOrExtract(KEY, fetchFn)).toBe(first);
+    expect(await fsp.readFile(path.join(first, 'weo/README.txt'), 'utf8')).toBe('release 1\n');
+    expect(calls).toHaveLength(1); // the archive was still there: extracted again, not fetched
+    await fsp.writeFile(path.join(path.dirname(first), 'extraction.json'), '{}');
+    await fsp.rm(path.join(first, 'weo/README.txt'));
+    // A marker swapped for something else is not taken for the one seen before, and what is at the
+    // extraction's name is not the cache's to replace: ForeignFileError, the thing left as it was.
+    const error = await rejectionOf(cache.getOrExtract(KEY, fetchFn));
+    expect(error).toBeInstanceOf(ForeignFileError);
+    expect(await fsp.readFile(path.join(path.dirname(first), 'extraction.json'), 'utf8')).toBe('{}');
+    expect(
+      (await fsp.readdir(path.dirname(path.dirname(first)))).filter((name) => name.includes('.tmp.')),
+    ).toEqual([]);
   });
 
   it('an entry written by imf_reader (no sha256 in its manifest) is hashed once, and the sha256 recorded', async () => {
