@@ -162,6 +162,18 @@ export function tmpPathFor(target: string): string {
   return path.join(dir, `${truncateUtf8(name, room - digest.length - 1)}-${digest}${tail}`);
 }
 
+/**
+ * Whether `tmpTarget` (a tmp name without its `.tmp.<host>.<pid>.<random>` tail) is what
+ * {@link tmpPathFor} makes of `name` when `name` is too long to keep whole: a prefix of it, `-`, and the
+ * first 16 hex digits of its sha256. The prefix's length depends on the writer's host and pid, so any
+ * prefix counts; the digest ties the tmp name to `name`.
+ */
+export function isShortenedTmpTarget(tmpTarget: string, name: string): boolean {
+  const digest = createHash('sha256').update(name).digest('hex').slice(0, 16);
+  const suffix = `-${digest}`;
+  return tmpTarget.endsWith(suffix) && name.startsWith(tmpTarget.slice(0, -suffix.length));
+}
+
 function truncateUtf8(text: string, maxBytes: number): string {
   let out = '';
   let used = 0;

@@ -4,10 +4,14 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { z } from 'zod';
 import {
+  EXTRACTED_INFIX,
   EXTRACTION_CONTENT_NAME,
   EXTRACTION_FILE_LIST_NAME,
   EXTRACTION_MARKER_NAME,
+  EXTRACTION_SHA_HEX_DIGITS,
   type ExtractionPaths,
+  isShortenedTmpTarget,
+  tmpNameTarget,
   tmpPathFor,
 } from './entry-paths.js';
 import { touchFile } from './entry-store.js';
@@ -152,6 +156,26 @@ export async function proveExtraction(
   }
   const names = await fsp.readdir(dir).catch(() => undefined);
   return names?.length === 0 ? 'empty' : undefined;
+}
+
+const SHORTENED_TMP_TARGET = /-[0-9a-f]{16}$/;
+
+/**
+ * The extraction a tmp directory whose name was shortened (a long key: {@link tmpPathFor} then hashes
+ * the name) was made for, read from its marker and tied to the name by its digest; `undefined` when the
+ * marker or the name says otherwise. The janitor then proves it by marker as any other.
+ */
+export async function extractionOfShortenedTmp(
+  dir: string,
+): Promise<{ key: string; shaPrefix: string } | undefined> {
+  // Only a name of the shortened shape is looked into: other tmp-named directories are foreign.
+  if (!SHORTENED_TMP_TARGET.test(tmpNameTarget(path.basename(dir)))) return undefined;
+  const read = await readMarker(path.join(dir, EXTRACTION_MARKER_NAME));
+  if (!read) return undefined;
+  const shaPrefix = read.marker.archive_sha256.slice(0, EXTRACTION_SHA_HEX_DIGITS);
+  const name = `${read.marker.key}${EXTRACTED_INFIX}${shaPrefix}`;
+  const tmpTarget = tmpNameTarget(path.basename(dir));
+  return isShortenedTmpTarget(tmpTarget, name) ? { key: read.marker.key, shaPrefix } : undefined;
 }
 
 /**

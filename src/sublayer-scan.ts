@@ -10,7 +10,7 @@ import {
   tmpNameTarget,
 } from './entry-paths.js';
 import { lastUsedAtMs, lookupEntry } from './entry-store.js';
-import { provePublishedExtraction } from './extraction-on-disk.js';
+import { extractionOfShortenedTmp, provePublishedExtraction } from './extraction-on-disk.js';
 import { assertRealDir, errorCode, lstatOrUndefined } from './file-system.js';
 import type { Layer } from './layers.js';
 import { type Freshness, parseTimestamp } from './manifest.js';
@@ -123,7 +123,7 @@ export async function scanSublayer(dir: string): Promise<SublayerScan> {
     const stats = await lstatOrUndefined(path.join(dir, name));
     if (!stats) return; // gone since the readdir
     if (kind.kind === 'tmp') {
-      const extraction = stats.isDirectory() ? extractionOfName(tmpNameTarget(name)) : undefined;
+      const extraction = stats.isDirectory() ? await tmpExtractionOf(dir, name) : undefined;
       if (stats.isFile() || (stats.isDirectory() && isLockAside(name)) || extraction)
         scan.tmpObjects.push(tmpObject(dir, name, stats, extraction));
       else foreign(name, 'not-a-regular-file');
@@ -144,6 +144,13 @@ export async function scanSublayer(dir: string): Promise<SublayerScan> {
     }
   });
   return scan;
+}
+
+/** The extraction a tmp directory was made for: by its name, or by its marker when the name was shortened. */
+async function tmpExtractionOf(dir: string, name: string): Promise<ExtractionName | undefined> {
+  const byName = extractionOfName(tmpNameTarget(name));
+  if (byName || isLockAside(name)) return byName;
+  return extractionOfShortenedTmp(path.join(dir, name));
 }
 
 /** A lock directory renamed aside on release: `<key>.lock.tmp.<host>.<pid>.<random>`. */

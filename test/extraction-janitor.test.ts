@@ -162,6 +162,28 @@ describe('the sweep and prune remove an extraction’s tmp directory left by a d
     expect(await fsp.readFile(path.join(empty, 'mine.txt'), 'utf8')).toBe('not the cache’s');
   });
 
+  it('for a key so long that the tmp name was shortened (proven by its marker and the digest in its name)', async () => {
+    const { cache, dir } = await setup();
+    const longKey = `${'k'.repeat(196)}.zip`;
+    const extraction = path.dirname(await cache.getOrExtract(longKey, () => zipOf(1)));
+    const old = await orphanTmpOf(extraction, 25 * 60 * 60_000);
+    expect(path.basename(old).startsWith(path.basename(extraction))).toBe(false); // shortened
+    const lookAlike = path.join(dir, `${path.basename(old).slice(0, 40)}.tmp.host.1.0123456789abcdef`);
+    await fsp.mkdir(lookAlike);
+    await fsp.writeFile(
+      path.join(lookAlike, 'extraction.json'),
+      await fsp.readFile(path.join(old, 'extraction.json')),
+    );
+    const then = new Date(Date.now() - 25 * 60 * 60_000);
+    await fsp.utimes(lookAlike, then, then);
+    const report = await cache.prune();
+    expect(report.removed).toContainEqual({ key: longKey, path: old, reason: 'orphan-tmp' });
+    expect(await exists(old)).toBe(false);
+    // A marker copied into a directory whose name carries no matching digest proves nothing.
+    expect(await exists(path.join(lookAlike, 'extraction.json'))).toBe(true);
+    expect(await exists(extraction)).toBe(true);
+  });
+
   it('not when nothing inside proves it is the cache’s', async () => {
     const { dir, cache, extract } = await setup();
     const old = await orphanTmpOf(await extract(), 25 * 60 * 60_000);
