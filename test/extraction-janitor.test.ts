@@ -9,7 +9,7 @@ import { exists, makeTempDir, manualClock, removeTempDirs, symlinksNeedPrivilege
 
 afterEach(removeTempDirs);
 
-// What prune, clear and the sweep do with extractions (docs/archives-status.md, "The janitor"): remove only
+// What prune, clear and the sweep do with extractions (docs/archives.md, "The janitor"): remove only
 // what a marker proves the cache made, never one used within the in-use window (2 × touchIntervalMs +
 // evictionGraceMs = 130 s by default) except on clear, never one whose key is locked, never following links.
 
