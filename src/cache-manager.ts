@@ -21,6 +21,7 @@ import {
   NotCacheRootError,
   OfflineMissError,
 } from './errors.js';
+import { type EvictionRequester, requestEviction } from './eviction-pass.js';
 import { evict } from './evictor.js';
 import { ExtractionFlow } from './extraction-flow.js';
 import type { PreparedExtraction } from './extraction-store.js';
@@ -72,6 +73,12 @@ const taggedRoots = new Set<string>();
 /** Settles when the background orphan sweep started by a manager's first operation has finished. */
 export const backgroundSweep = Symbol('payload-cache.backgroundSweep');
 
+/**
+ * Settles (never rejects) when every eviction pass a manager's writes have asked for so far has finished:
+ * what a test or a benchmark awaits instead of guessing how long a pass takes.
+ */
+export const backgroundEviction = Symbol('payload-cache.backgroundEviction');
+
 /** Where one operation works: the roots and sublayer as resolved now, and the clock read once. */
 interface Scope {
   readonly root: string;
@@ -94,8 +101,18 @@ export class CacheManager {
   readonly #sweptDirs = new Set<string>();
   readonly #observer: Observer;
   readonly #extractions: ExtractionFlow;
+  readonly #evictionRequester: EvictionRequester = {
+    // The policy (and the clock) as they are when the pass starts, not when it was asked for.
+    evict: async (dir, spared, report) => {
+      await evict({ ...this.#policy(this.#scope()), dir }, spared, report);
+    },
+    removed: (report) => this.#observer.evicted(report.removed),
+    failed: (error, dir, latestKey) => this.#observer.evictionFailed(latestKey, dir, error),
+  };
   /** @internal Settles when the background orphan sweep is done (tests wait on it). */
   [backgroundSweep]: Promise<void> = Promise.resolve();
+  /** @internal Settles when the eviction passes asked for so far are done (tests wait on it). */
+  [backgroundEviction]: Promise<void> = Promise.resolve();
 
   /** @throws InvalidOptionsError for a bad option, InvalidKeyError for a bad sublayer. */
   constructor(options: CacheManagerOptions) {
@@ -290,6 +307,7 @@ export class CacheManager {
       return this.#extractions.serve(paths, found, located, scope.nowMs);
     }
     this.#observer.lockWaited(paths.key, lock.waitedMs);
+    let published = false;
     try {
       await crashPoint('locked');
       const scope = this.#scope();
@@ -307,13 +325,25 @@ export class CacheManager {
       const previous =
         found.state === 'absent' ? undefined : { path: paths.payload, manifest: found.manifest };
       const sha256 = await this.#fetchAndPublish(paths, previous, fetchFn, options, signal, delivery);
-      const eviction = await evict(this.#policy(this.#scope()), paths.key).catch(() => undefined);
-      if (eviction) this.#observer.evicted(eviction.removed);
+      published = true;
       if (delivery.kind === 'payload') return paths.payload;
       return await this.#extractions.extractUnderLock(paths, sha256, delivery.request, signal);
     } finally {
       await lock.release();
+      if (published) this.#evictLater(paths);
     }
+  }
+
+  /**
+   * Step 7, off the caller's path: the eviction pass a write asks for runs after the call has returned
+   * (DESIGN.md section 6 as amended by issue 16). Its removals are counted in `stats()` once it ends; its
+   * failures go to the `payload-cache:evict:error` channel, since no caller is left to throw at.
+   */
+  #evictLater(paths: EntryPaths): void {
+    const { keepN, maxBytes } = this.#settings;
+    if (keepN === Number.POSITIVE_INFINITY && maxBytes === Number.POSITIVE_INFINITY) return;
+    const pass = requestEviction(paths.dir, this.#evictionRequester, paths.key);
+    this[backgroundEviction] = Promise.all([this[backgroundEviction], pass]).then(() => {});
   }
 
   /**

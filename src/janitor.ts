@@ -359,7 +359,7 @@ export async function planPrune(policy: SublayerPolicy): Promise<JanitorPlan> {
       remaining.push(entry);
       continue;
     }
-    const shield = await protection(entry, policy, undefined);
+    const shield = await protection(entry, policy);
     if (shield) {
       builder.kept.push({ key: entry.paths.key, reason: shield });
       remaining.push(entry);
@@ -400,7 +400,7 @@ async function planEviction(
   let bytes = entries.reduce((sum, entry) => sum + bytesOf(entry), 0);
   for (const entry of evictionOrder(entries)) {
     if (count <= policy.keepN && bytes <= policy.maxBytes) break;
-    const shield = await protection(entry, policy, undefined);
+    const shield = await protection(entry, policy);
     if (shield) {
       if (!builder.kept.some((kept) => kept.key === entry.paths.key))
         builder.kept.push({ key: entry.paths.key, reason: shield });
@@ -416,9 +416,8 @@ async function planEviction(
 async function protection(
   entry: ScannedEntry,
   policy: SublayerPolicy,
-  justWrittenKey: string | undefined,
 ): Promise<KeptItem['reason'] | undefined> {
-  const shield = evictionShield(entry, justWrittenKey, policy.freshness.nowMs, policy.inUseWindowMs);
+  const shield = evictionShield(entry, undefined, policy.freshness.nowMs, policy.inUseWindowMs);
   if (shield) return shield;
   return (await isLockHeld(entry.paths.lock, policy.lockStaleMs)) ? 'locked' : undefined;
 }

@@ -12,6 +12,7 @@ export const channels = {
   fetchStart: diagnosticsChannel.channel('payload-cache:fetch:start'),
   fetchEnd: diagnosticsChannel.channel('payload-cache:fetch:end'),
   evict: diagnosticsChannel.channel('payload-cache:evict'),
+  evictError: diagnosticsChannel.channel('payload-cache:evict:error'),
   lockWait: diagnosticsChannel.channel('payload-cache:lock:wait'),
   stale: diagnosticsChannel.channel('payload-cache:stale'),
   extract: diagnosticsChannel.channel('payload-cache:extract'),
@@ -30,7 +31,10 @@ export interface CacheStats {
   fetches: number;
   /** Payload bytes published. */
   bytesWritten: number;
-  /** Entries removed to stay within `keepN`/`maxBytes`, after a write or by `prune()`. */
+  /**
+   * Entries removed to stay within `keepN`/`maxBytes`: by `prune()`, and by the background pass that
+   * follows writes, counted once that pass has finished.
+   */
   evictions: number;
   /** Expired entries served by `staleIfError`. */
   staleServed: number;
@@ -103,6 +107,14 @@ export class Observer {
       this.#stats.evictions += 1;
       this.#emit(channels.evict, 'evict', { key: item.key, path: item.path, reason: item.reason });
     }
+  }
+
+  /**
+   * A background eviction pass failed (it has no caller to throw at): `key` is the write that asked for
+   * it, the latest when several writes share one pass; `dir` the sublayer directory it worked on.
+   */
+  evictionFailed(key: string, dir: string, error: unknown): void {
+    this.#emit(channels.evictError, 'evict:error', { key, dir, error });
   }
 
   lockWaited(key: string, waitedMs: number): void {

@@ -1,8 +1,10 @@
-import { promises as fsp } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import diagnosticsChannel from 'node:diagnostics_channel';
+import { existsSync, promises as fsp, renameSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { backgroundSweep } from '../src/cache-manager.js';
+import { backgroundEviction, backgroundSweep } from '../src/cache-manager.js';
 import {
   BulkPayloadCorruptError,
   CacheManager,
@@ -426,6 +428,7 @@ describe('eviction', () => {
   const noGrace = { touchIntervalMs: 0, evictionGraceMs: 0 };
   async function write(cache: CacheManager, key: string, body = key) {
     await cache.getOrFetch(key, () => body);
+    await cache[backgroundEviction];
     clock.advance(1_000);
   }
   const keysOf = async (cache: CacheManager) => (await cache.list()).map((entry) => entry.key).sort();
@@ -476,6 +479,105 @@ describe('eviction', () => {
     expect(report.removed.map((item) => [item.key, item.reason])).toEqual([['a', 'evicted']]);
     expect(await keysOf(cache)).toEqual(['b']);
   });
+
+  it('a write returns before its eviction runs: the victim is still there when getOrFetch resolves', async () => {
+    const cache = cacheWith({ keepN: 1, ...noGrace });
+    await write(cache, 'old');
+    await cache.getOrFetch('new', () => 'new');
+    // Looked at before anything else can run: an eviction on the caller's path would have removed it.
+    expect(existsSync(path.join(dirOf(), 'old'))).toBe(true);
+    expect(cache.stats().evictions).toBe(0);
+    await cache[backgroundEviction];
+    expect(await keysOf(cache)).toEqual(['new']);
+    expect(cache.stats().evictions).toBe(1);
+  });
+
+  it('a burst of concurrent writes is down to keepN once its passes have finished, every removal counted', async () => {
+    const cache = cacheWith({ keepN: 2, ...noGrace });
+    const keys = ['a', 'b', 'c', 'd', 'e', 'f'];
+    await Promise.all(keys.map((key) => cache.getOrFetch(key, () => key)));
+    await cache[backgroundEviction];
+    expect(await keysOf(cache)).toHaveLength(2);
+    expect(cache.stats().evictions).toBe(4);
+  });
+
+  it('removes victims in batches, never more than the limit asks, and replaces a locked one', async () => {
+    const filler = cacheWith({ keepN: Number.POSITIVE_INFINITY, ...noGrace });
+    for (let index = 0; index < 40; index += 1) await write(filler, `k${String(index).padStart(2, '0')}`);
+    const cache = cacheWith({ keepN: 5, ...noGrace });
+    // k12 is among the first batch of least recently used entries, and held by a writer.
+    const held = await tryLock(path.join(dirOf(), 'k12.lock'), 10_000);
+    try {
+      await write(cache, 'last');
+    } finally {
+      await held?.release();
+    }
+    expect(await keysOf(cache)).toEqual(['k12', 'k37', 'k38', 'k39', 'last']);
+    expect(cache.stats().evictions).toBe(36);
+  });
+
+  it.skipIf(symlinksNeedPrivilege)(
+    'a pass that fails is reported on payload-cache:evict:error; nothing throws, the wait still resolves',
+    async () => {
+      const cache = cacheWith({ keepN: 1, ...noGrace });
+      await write(cache, 'a');
+      const messages: unknown[] = [];
+      const listener = (message: unknown) => messages.push(message);
+      diagnosticsChannel.subscribe('payload-cache:evict:error', listener);
+      try {
+        await cache.getOrFetch('b', () => 'b');
+        // Before the pass starts, the sublayer becomes a symlink, which no janitor works through.
+        renameSync(dirOf(), `${dirOf()}-moved`);
+        symlinkSync(`${dirOf()}-moved`, dirOf());
+        await cache[backgroundEviction];
+      } finally {
+        diagnosticsChannel.unsubscribe('payload-cache:evict:error', listener);
+      }
+      expect(messages).toEqual([
+        {
+          sublayer: 'data',
+          key: 'b',
+          dir: dirOf(),
+          error: expect.objectContaining({ code: 'ERR_UNSAFE_PATH' }),
+        },
+      ]);
+      expect(cache.stats().evictions).toBe(0);
+      expect((await fsp.readdir(`${dirOf()}-moved`)).sort()).toEqual([
+        'a',
+        'a.manifest.json',
+        'b',
+        'b.manifest.json',
+      ]);
+    },
+  );
+
+  it.skipIf(symlinksNeedPrivilege)(
+    'a process whose last write asked for a pass that fails exits 0, the error on the channel only',
+    () => {
+      const dist = (file: string) => JSON.stringify(new URL(`../dist/${file}`, import.meta.url).href);
+      const script = `
+        import diagnosticsChannel from 'node:diagnostics_channel';
+        import fs from 'node:fs';
+        const { CacheManager } = await import(${dist('index.js')});
+        const { backgroundEviction } = await import(${dist('cache-manager.js')});
+        diagnosticsChannel.subscribe('payload-cache:evict:error', (message) =>
+          console.log('evict:error', message.key, message.error.code));
+        const dir = ${JSON.stringify(dirOf())};
+        const cache = new CacheManager({ sublayer: 'data', ttl: 60000, root: ${JSON.stringify(root)}, keepN: 1,
+          touchIntervalMs: 0, evictionGraceMs: 0 });
+        await cache.getOrFetch('a', () => 'a');
+        await cache[backgroundEviction];
+        await cache.getOrFetch('b', () => 'b');
+        fs.renameSync(dir, dir + '-moved');
+        fs.symlinkSync(dir + '-moved', dir);
+        console.log('returned');
+      `;
+      const run = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+      expect(run.stderr).toBe('');
+      expect(run.status).toBe(0);
+      expect(run.stdout).toBe('returned\nevict:error b ERR_UNSAFE_PATH\n');
+    },
+  );
 });
 
 describe('clear, prune and orphans', () => {

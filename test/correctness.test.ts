@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { backgroundEviction } from '../src/cache-manager.js';
 import {
   BulkPayloadCorruptError,
   CacheManager,
@@ -386,12 +387,15 @@ describe('promises the README makes', () => {
     const writer = cacheWith({ keepN: 1 });
     clock.advance(12_000); // 71 s after the write, 12 s after the hit
     await writer.getOrFetch('b', () => 'b');
+    await writer[backgroundEviction];
     expect(await exists(path0)).toBe(true);
     clock.advance(57_500); // 69.5 s after the hit
     await writer.getOrFetch('c', () => 'c');
+    await writer[backgroundEviction];
     expect(await exists(path0)).toBe(true);
     clock.advance(2_000); // past 2 x touchIntervalMs + evictionGraceMs since the recorded use
     await writer.getOrFetch('d', () => 'd');
+    await writer[backgroundEviction];
     expect(await exists(path0)).toBe(false);
   });
 

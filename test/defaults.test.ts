@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { backgroundEviction } from '../src/cache-manager.js';
 import { HTTP_FETCHER_DEFAULTS } from '../src/http-fetcher.js';
 import { CacheManager, HttpStatusError, httpFetcher } from '../src/index.js';
 import { resolveSettings } from '../src/options.js';
@@ -48,6 +49,7 @@ describe('CacheManager defaults', () => {
       clock.advance(HOUR);
     }
     await cache.getOrFetch('e', () => 'e');
+    await cache[backgroundEviction];
     expect((await cache.list()).map((entry) => entry.key).sort()).toEqual(['b', 'c', 'd', 'e']);
   });
 

@@ -41,11 +41,11 @@ describe('evictionShield', () => {
   const windowMs = 70_000;
 
   it('shields the key just written, however old its last use', () => {
-    expect(evictionShield(entry('new', 0), 'new', nowMs, windowMs)).toBe('just-written');
+    expect(evictionShield(entry('new', 0), new Set(['new']), nowMs, windowMs)).toBe('just-written');
   });
 
   it('shields an entry used inside the in-use window', () => {
-    expect(evictionShield(entry('hot', nowMs - windowMs + 1), 'other', nowMs, windowMs)).toBe(
+    expect(evictionShield(entry('hot', nowMs - windowMs + 1), new Set(['other']), nowMs, windowMs)).toBe(
       'recently-used',
     );
     expect(evictionShield(entry('hot', nowMs), undefined, nowMs, windowMs)).toBe('recently-used');
@@ -56,7 +56,9 @@ describe('evictionShield', () => {
   });
 
   it('leaves an entry used before the window unshielded', () => {
-    expect(evictionShield(entry('cold', nowMs - windowMs - 1), 'other', nowMs, windowMs)).toBeUndefined();
+    expect(
+      evictionShield(entry('cold', nowMs - windowMs - 1), new Set(['other']), nowMs, windowMs),
+    ).toBeUndefined();
     expect(evictionShield(entry('cold', 0), undefined, nowMs, windowMs)).toBeUndefined();
   });
 

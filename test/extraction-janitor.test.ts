@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { backgroundSweep, CacheManager } from '../src/cache-manager.js';
+import { backgroundEviction, backgroundSweep, CacheManager } from '../src/cache-manager.js';
 import { tmpPathFor } from '../src/entry-paths.js';
 import { tryLock } from '../src/soft-lock.js';
 import { buildTar, buildZip } from './archive-builders.js';
@@ -214,10 +214,12 @@ describe('keepN and maxBytes count an extraction’s bytes, and its extractions 
     const first = path.dirname(
       await cache.getOrExtract('first.zip', () => bulky(1), { maxCompressionRatio: 1_000 }),
     );
+    await cache[backgroundEviction];
     clock.advance(2 * IN_USE_WINDOW_MS);
     const second = path.dirname(
       await cache.getOrExtract('second.zip', () => bulky(2), { maxCompressionRatio: 1_000 }),
     );
+    await cache[backgroundEviction];
     return { cache, clock, first, second };
   }
 

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { backgroundSweep } from '../src/cache-manager.js';
+import { backgroundEviction, backgroundSweep } from '../src/cache-manager.js';
 import {
   CacheManager,
   type CacheManagerOptions,
@@ -159,7 +159,9 @@ describe('a plan is carried out exactly', () => {
     const filler = cacheWith({ keepN: Number.POSITIVE_INFINITY, ttl: Number.POSITIVE_INFINITY });
     for (let index = 0; index < 150; index += 1) await filler.getOrFetch(`k${index}`, () => 'x');
     clock.advance(HOUR);
-    await cacheWith({ keepN: 100, ttl: Number.POSITIVE_INFINITY }).getOrFetch('new', () => 'y');
+    const writer = cacheWith({ keepN: 100, ttl: Number.POSITIVE_INFINITY });
+    await writer.getOrFetch('new', () => 'y');
+    await writer[backgroundEviction];
     const manifests = (await fsp.readdir(dir)).filter((name) => name.endsWith('.manifest.json'));
     expect(manifests).toHaveLength(100);
     expect(manifests).toContain('new.manifest.json');

@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import diagnosticsChannel from 'node:diagnostics_channel';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { backgroundEviction } from '../src/cache-manager.js';
 import { BulkPayloadCorruptError, CacheManager, type CacheManagerOptions } from '../src/index.js';
 import { tryLock, waitForLock } from '../src/soft-lock.js';
 import { makeTempDir, manualClock, removeTempDirs } from './helpers.js';
@@ -24,6 +25,7 @@ describe('stats()', () => {
     await cache.getOrFetch('a', () => 'unused');
     clock.advance(2_000);
     await cache.getOrFetch('b', () => 'bb');
+    await cache[backgroundEviction];
     await expect(cache.getOrFetch('c', () => ({ body: 'x', expectedSize: 9 }))).rejects.toBeInstanceOf(
       BulkPayloadCorruptError,
     );
@@ -99,6 +101,7 @@ describe('diagnostics channels', () => {
       await cache.get('a');
       clock.advance(2_000);
       await cache.getOrFetch('b', () => 'b');
+      await cache[backgroundEviction];
       clock.advance(2_000);
       await cache.getOrFetch('b', () => Promise.reject(new Error('down')), { staleIfError: true });
     } finally {

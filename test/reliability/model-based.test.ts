@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { backgroundSweep } from '../../src/cache-manager.js';
+import { backgroundEviction, backgroundSweep } from '../../src/cache-manager.js';
 import { CacheManager, NOT_MODIFIED } from '../../src/index.js';
 import { makeTempDir, manualClock, patternBytes, removeTempDirs, tmpFilesIn } from '../helpers.js';
 import { recordFigures } from './figures.js';
@@ -145,6 +145,8 @@ class GetOrFetch implements Command {
       fetched.push(nextVersion);
       return bytesFor(this.key, nextVersion);
     });
+    // The eviction a write asks for runs after the call returns; the model's step ends when it has.
+    await real.cache[backgroundEviction];
     expect(returned).toBe(path.join(real.dir, this.key));
     let evicted: string[] = [];
     if (hit) {
@@ -182,6 +184,7 @@ class Renew implements Command {
       (ctx) => (ctx.previous ? NOT_MODIFIED : bytesFor(this.key, nextVersion)),
       { refresh: true },
     );
+    await real.cache[backgroundEviction];
     expect(returned).toBe(path.join(real.dir, this.key));
     if (existing) {
       existing.createdAtMs = model.nowMs;
