@@ -69,13 +69,32 @@ export interface SublayerScan {
   readonly foreign: ForeignItem[];
 }
 
+/** The names in a sublayer, with their types where the file system gives them; none for a missing one. */
+export async function readSublayer(dir: string): Promise<Dirent[]> {
+  try {
+    await assertRealDir(dir);
+    return await fsp.readdir(dir, { withFileTypes: true });
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') return [];
+    throw error;
+  }
+}
+
+/** How a scan reads: the listing it already has, and how many `lstat`s it may have in flight. */
+export interface ScanOptions {
+  /** From {@link readSublayer}, when the caller has just read it; else the scan reads it. */
+  readonly dirents?: Dirent[];
+  /** Default 64. */
+  readonly concurrency?: number;
+}
+
 /**
  * Lists a sublayer by name and one `lstat` per payload (none per manifest): it stays cheap at 10,000
  * entries, and changes nothing. Only names of the cache's own shapes, of the type the cache gives them
  * (regular files for payloads, manifests and tmp files; directories for locks), are candidates for any
  * janitor; everything else is foreign. A missing directory has nothing in it.
  */
-export async function scanSublayer(dir: string): Promise<SublayerScan> {
+export async function scanSublayer(dir: string, options: ScanOptions = {}): Promise<SublayerScan> {
   const scan: SublayerScan = {
     entries: [],
     lonePayloads: [],
@@ -85,14 +104,7 @@ export async function scanSublayer(dir: string): Promise<SublayerScan> {
     extractions: [],
     foreign: [],
   };
-  let dirents: Dirent[];
-  try {
-    await assertRealDir(dir);
-    dirents = await fsp.readdir(dir, { withFileTypes: true });
-  } catch (error) {
-    if (errorCode(error) === 'ENOENT') return scan;
-    throw error;
-  }
+  const dirents = options.dirents ?? (await readSublayer(dir));
   const types = new Map(dirents.map((dirent) => [dirent.name, dirent]));
   const isRegularFile = async (name: string) => {
     const dirent = types.get(name);
@@ -105,7 +117,7 @@ export async function scanSublayer(dir: string): Promise<SublayerScan> {
   const foreign = (name: string, reason: ForeignItem['reason']) => {
     scan.foreign.push({ path: path.join(dir, name), reason });
   };
-  await forEachLimited(dirents, 64, async (dirent) => {
+  await forEachLimited(dirents, options.concurrency ?? 64, async (dirent) => {
     const name = dirent.name;
     const kind = classifyName(name);
     if (kind.kind === 'foreign') return foreign(name, 'unknown-name');
@@ -180,12 +192,11 @@ function typeKnown(dirent: Dirent): boolean {
   );
 }
 
-/** Committed-looking entries counted from one `readdir`: names with both a payload and a manifest. */
-export async function countEntriesByName(dir: string): Promise<number> {
-  const names = await fsp.readdir(dir).catch(() => [] as string[]);
-  const present = new Set(names);
+/** Committed-looking entries counted by name alone: names with both a payload and a manifest. */
+export function countEntriesByName(dirents: readonly Dirent[]): number {
+  const present = new Set(dirents.map((dirent) => dirent.name));
   let count = 0;
-  for (const name of names) {
+  for (const name of present) {
     if (name.endsWith(MANIFEST_SUFFIX) && present.has(name.slice(0, -MANIFEST_SUFFIX.length))) count += 1;
   }
   return count;

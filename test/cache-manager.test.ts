@@ -505,14 +505,14 @@ describe('eviction', () => {
     const filler = cacheWith({ keepN: Number.POSITIVE_INFINITY, ...noGrace });
     for (let index = 0; index < 40; index += 1) await write(filler, `k${String(index).padStart(2, '0')}`);
     const cache = cacheWith({ keepN: 5, ...noGrace });
-    // k12 is among the first batch of least recently used entries, and held by a writer.
-    const held = await tryLock(path.join(dirOf(), 'k12.lock'), 10_000);
+    // k03 is in the first batch of least recently used entries, and held by a writer.
+    const held = await tryLock(path.join(dirOf(), 'k03.lock'), 10_000);
     try {
       await write(cache, 'last');
     } finally {
       await held?.release();
     }
-    expect(await keysOf(cache)).toEqual(['k12', 'k37', 'k38', 'k39', 'last']);
+    expect(await keysOf(cache)).toEqual(['k03', 'k37', 'k38', 'k39', 'last']);
     expect(cache.stats().evictions).toBe(36);
   });
 

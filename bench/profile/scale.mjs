@@ -1,4 +1,5 @@
-// A profiling driver for the scale rows: a sublayer of N entries, then evicting writes, list() or prune().
+// A profiling driver for the scale rows: a sublayer of N entries, then evicting writes (each timed with
+// the background eviction pass it asks for), list() or prune().
 // node --cpu-prof --cpu-prof-dir=/tmp/prof bench/profile/scale.mjs evict|list|prune [N] [repeats]
 // node bench/profile/top.mjs /tmp/prof/*.cpuprofile
 import path from 'node:path';
@@ -6,7 +7,7 @@ import { distUrl, KiB, makeScratch, removeScratch } from '../lib/common.mjs';
 import { populate } from '../scale.mjs';
 
 const { CacheManager } = await import(distUrl('index.js'));
-const { backgroundSweep } = await import(distUrl('cache-manager.js'));
+const { backgroundEviction, backgroundSweep } = await import(distUrl('cache-manager.js'));
 const [what = 'evict', countText = '10000', repeatsText = '20'] = process.argv.slice(2);
 const count = Number(countText);
 const repeats = Number(repeatsText);
@@ -18,7 +19,10 @@ await cache.get('warm-up');
 await cache[backgroundSweep];
 const payload = Buffer.alloc(KiB, 9);
 const operations = {
-  evict: (i) => cache.getOrFetch(`new-${i}.bin`, () => payload),
+  evict: async (i) => {
+    await cache.getOrFetch(`new-${i}.bin`, () => payload);
+    await cache[backgroundEviction];
+  },
   list: () => cache.list(),
   prune: () => cache.prune(),
 };
