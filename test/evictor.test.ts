@@ -1,7 +1,8 @@
 import path from 'node:path';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { entryPaths } from '../src/entry-paths.js';
-import { evictionOrder, evictionShield } from '../src/evictor.js';
+import { evictionOrder, evictionShield, inEvictionOrder } from '../src/evictor.js';
 import type { ScannedEntry } from '../src/sublayer-scan.js';
 
 const DIR = path.join(path.sep, 'cache', 'imf');
@@ -33,6 +34,28 @@ describe('evictionOrder', () => {
 
   it('returns an empty list for no entries', () => {
     expect(evictionOrder([])).toEqual([]);
+  });
+
+  it('is the order of a full sort by last use, then key, for any input (the heap gives it lazily)', () => {
+    const byUseThenKey = (a: ScannedEntry, b: ScannedEntry) =>
+      a.lastUsedAtMs - b.lastUsedAtMs || (a.paths.key < b.paths.key ? -1 : 1);
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.tuple(fc.string({ minLength: 1, maxLength: 3 }), fc.integer({ min: 0, max: 20 })), {
+          selector: ([key]) => key,
+          maxLength: 60,
+        }),
+        (pairs) => {
+          const entries = pairs.map(([key, usedAtMs]) => entry(key, usedAtMs));
+          expect(keys(evictionOrder(entries))).toEqual(keys([...entries].sort(byUseThenKey)));
+          const lazily = inEvictionOrder(entries);
+          const firstThree = [lazily.next(), lazily.next(), lazily.next()].flatMap((step) =>
+            step.done ? [] : [step.value],
+          );
+          expect(keys(firstThree)).toEqual(keys([...entries].sort(byUseThenKey).slice(0, 3)));
+        },
+      ),
+    );
   });
 });
 
