@@ -335,9 +335,10 @@ export class CacheManager {
   }
 
   /**
-   * Step 7, off the caller's path: the eviction pass a write asks for runs after the call has returned
-   * (DESIGN.md section 6 as amended by issue 16). Its removals are counted in `stats()` once it ends; its
-   * failures go to the `payload-cache:evict:error` channel, since no caller is left to throw at.
+   * Step 7, moved off the caller's path by issue 16 (DESIGN.md section 5 still evicts before the release):
+   * the eviction pass a write asks for runs after the call has returned, so that no write waits for a scan
+   * of the sublayer. Its removals are counted in `stats()` once it ends; its failures go to the
+   * `payload-cache:evict:error` channel, since no caller is left to throw at.
    */
   #evictLater(paths: EntryPaths): void {
     const { keepN, maxBytes } = this.#settings;
