@@ -3,7 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { entryPaths } from '../src/entry-paths.js';
-import { scanSublayer } from '../src/sublayer-scan.js';
+import { manifestCount, readSublayer, scanSublayer } from '../src/sublayer-scan.js';
 import { symlinksNeedPrivilege } from './helpers.js';
 
 describe('scanSublayer', () => {
@@ -36,6 +36,29 @@ describe('scanSublayer', () => {
       extractions: [],
       foreign: [],
     });
+  });
+
+  it('reads a sublayer of more names than one read returns (it reads in chunks), losing none', async () => {
+    const keys = Array.from({ length: 1_300 }, (_, index) => `k${index}`);
+    for (const key of keys) {
+      await fsp.writeFile(path.join(dir, key), 'x');
+      await fsp.writeFile(path.join(dir, `${key}.manifest.json`), '{}');
+    }
+    await fsp.writeFile(path.join(dir, 'lone.manifest.json'), '{}');
+    const listing = await readSublayer(dir);
+    expect(listing.size).toBe(2 * keys.length + 1);
+    // An upper bound of the entries: a manifest without its payload counts too.
+    expect(manifestCount(listing)).toBe(keys.length + 1);
+    const scan = await scanSublayer(dir, { listing, concurrency: 4 });
+    expect(scan.entries.map((entry) => entry.paths.key).sort()).toEqual([...keys].sort());
+    expect(scan.loneManifests.map((paths) => paths.key)).toEqual(['lone']);
+  });
+
+  it.skipIf(symlinksNeedPrivilege)('refuses to read a sublayer through a symlink', async () => {
+    await fsp.mkdir(path.join(dir, 'real'));
+    await fsp.symlink(path.join(dir, 'real'), path.join(dir, 'link'));
+    await expect(readSublayer(path.join(dir, 'link'))).rejects.toMatchObject({ code: 'ERR_UNSAFE_PATH' });
+    expect((await readSublayer(path.join(dir, 'absent'))).size).toBe(0);
   });
 
   it('sorts extraction directories and their tmp directories by name; other names at those shapes are foreign', async () => {
