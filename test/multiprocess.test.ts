@@ -364,4 +364,50 @@ describe('getOrFetch across processes', () => {
     },
     TEST_TIMEOUT_MS,
   );
+
+  it(
+    'processes writing into one full sublayer leave exactly keepN entries once they have exited, each entry evicted once',
+    async () => {
+      const writers = 4;
+      const keysEach = 15;
+      const keepN = 10;
+      // Each child writes its keys one after another and then simply ends, never waiting for eviction: its
+      // last passes run in the background and Node keeps the process alive until they are done. The exit
+      // handler reports what its passes removed (synchronously: nothing may run after it).
+      const script = `
+        import fs from 'node:fs';
+        const { CacheManager } = await import(${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)});
+        const [root, writer] = process.argv.slice(1);
+        const cache = new CacheManager({ sublayer: ${JSON.stringify(SUBLAYER)}, ttl: 60_000, root,
+          keepN: ${keepN}, touchIntervalMs: 0, evictionGraceMs: 0 });
+        process.on('exit', () => fs.writeSync(1, JSON.stringify({ evictions: cache.stats().evictions })));
+        for (let index = 0; index < ${keysEach}; index += 1)
+          await cache.getOrFetch(\`w\${writer}-\${index}\`, () => 'payload of ' + writer + '-' + index);
+      `;
+      const runs = Array.from({ length: writers }, (_, writer) => {
+        const child = spawn(process.execPath, ['--input-type=module', '-e', script, root, String(writer)], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (chunk) => {
+          stdout += chunk;
+        });
+        child.stderr.on('data', (chunk) => {
+          stderr += chunk;
+        });
+        return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+          child.on('close', (code) => resolve({ code, stdout, stderr })),
+        );
+      });
+      const results = await Promise.all(runs);
+      for (const result of results) expect(result).toMatchObject({ code: 0, stderr: '' });
+      const names = fs.readdirSync(path.join(root, SUBLAYER));
+      expect(names.filter((name) => name.endsWith('.manifest.json'))).toHaveLength(keepN);
+      expect(names.filter((name) => !name.endsWith('.manifest.json'))).toHaveLength(keepN);
+      const evictions = results.map((result) => JSON.parse(result.stdout).evictions as number);
+      expect(evictions.reduce((sum, count) => sum + count, 0)).toBe(writers * keysEach - keepN);
+    },
+    TEST_TIMEOUT_MS,
+  );
 });
