@@ -74,9 +74,9 @@ export type SublayerListing = ReadonlyMap<string, Dirent>;
 
 /**
  * Names read per call. One `readdir` converts every name in one turn of the event loop: 200,000 names
- * (100,000 entries) held this process's event loop for ~110 ms here, and building the lookup by name
- * another ~130 ms, stalling a write next to the scan; read in chunks the longest stall was ~28 ms, for
- * the same total time.
+ * (100,000 entries) held the event loop for ~110 ms, and building the lookup by name another ~130 ms,
+ * stalling any write next to the scan; read in chunks, the longest stall was ~28 ms for the same total
+ * time (measured on a 2-core machine shared with a CI run).
  */
 const NAMES_PER_READ = 1024;
 
