@@ -188,22 +188,28 @@ export async function run({ short }) {
 
     // Writes into a full sublayer: each new key puts it over keepN and asks for an eviction pass, which
     // runs in the background (one per sublayer at a time, the writes meanwhile taken by the next one): the
-    // writes are timed back to back, each competing with whatever pass is running.
+    // writes are timed back to back, each competing with whatever pass is running. Each large sublayer
+    // alternates with the 10-entry one on its own, so that one's passes do not weigh on the other's writes;
+    // after each, how long until its passes are done and it holds keepN entries again.
     const payload = Buffer.alloc(ENTRY_BYTES, 9);
     const writeRounds = short ? 2 : 40;
-    const writer = (manager) => (i) => manager.getOrFetch(`new-${i}.bin`, () => payload);
-    const [bigWrites, hugeWrites, smallWrites] = await rotate(writeRounds, [
-      writer(bigWriter),
-      writer(hugeWriter),
-      writer(smallEvict),
-    ]);
-    // Then, per sublayer, how long until its passes are done and it holds keepN entries again.
+    const writer = (manager, prefix) => (i) => manager.getOrFetch(`${prefix}-${i}.bin`, () => payload);
     const settle = async (manager) => {
       const started = nowNs();
       await manager[backgroundEviction];
       return nsToMs(nowNs() - started);
     };
-    const settleMs = { big: await settle(bigWriter), huge: await settle(hugeWriter) };
+    const [bigWrites, smallWrites] = await rotate(writeRounds, [
+      writer(bigWriter, 'new'),
+      writer(smallEvict, 'new'),
+    ]);
+    const settleMs = { big: await settle(bigWriter) };
+    await settle(smallEvict);
+    const [hugeWrites, smallBesideHuge] = await rotate(writeRounds, [
+      writer(hugeWriter, 'new'),
+      writer(smallEvict, 'again'),
+    ]);
+    settleMs.huge = await settle(hugeWriter);
     // And one pass on its own: one more write, nothing else running, the pass timed from the write's return.
     const lonePass = async (manager) => {
       await manager.getOrFetch('lone.bin', () => payload);
@@ -257,7 +263,7 @@ export async function run({ short }) {
     ];
     notes.push(
       `hit: ${short ? 1 : 30} round(s) of tinybench, cycling over the ${bigKeys.length} (resp. ${smallKeys.length}) most recently used keys; ratio ${bigCount.toLocaleString('en-US')} vs ${smallCount} entries per round, median.`,
-      `writes into a full sublayer: a new ${ENTRY_BYTES / KiB} KiB key with keepN = the entry count, so every write puts the sublayer over keepN and asks for an eviction pass (writers with touchIntervalMs = evictionGraceMs = 0, so that the 10-entry sublayer can evict its own recent writes); ${writeRounds} writes into each sublayer, rotating between them, back to back while the passes run. Evicted in all, for ${writeRounds + 1} writes into each (the last one alone): ${evictedBig} entries (${bigCount.toLocaleString('en-US')}) and ${evictedHuge} (${hugeCount.toLocaleString('en-US')}); every sublayer held exactly keepN entries once its passes were done.`,
+      `writes into a full sublayer: a new ${ENTRY_BYTES / KiB} KiB key with keepN = the entry count, so every write puts the sublayer over keepN and asks for an eviction pass (writers with touchIntervalMs = evictionGraceMs = 0, so that the 10-entry sublayer can evict its own recent writes); ${writeRounds} writes into each large sublayer, alternating with writes into the 10-entry one (first the ${bigCount.toLocaleString('en-US')}-entry sublayer, then the ${hugeCount.toLocaleString('en-US')}-entry one, so that one's passes do not weigh on the other's writes), back to back while the passes run; the 10-entry column is its writes beside the ${bigCount.toLocaleString('en-US')}-entry sublayer (beside the ${hugeCount.toLocaleString('en-US')}-entry one: median ${figure(smallBesideHuge).value.toFixed(1)} ms, slowest ${Math.max(...smallBesideHuge).toFixed(1)} ms). Evicted in all, for ${writeRounds + 1} writes into each (the last one alone): ${evictedBig} entries (${bigCount.toLocaleString('en-US')}) and ${evictedHuge} (${hugeCount.toLocaleString('en-US')}); every sublayer held exactly keepN entries once its passes were done.`,
       `eviction pass: "until keepN again" is the wait, from the last of the writes, for the passes still due; "one pass" is the pass after one more write with nothing else running, from the write's return to the pass's end (the scan of every payload and one removal).`,
       `list / prune: ${listRuns} call(s) each; prune finds nothing to remove (every entry fresh, under keepN). bare fs: readdir, then lstat + readFile + JSON.parse per entry, 64 at a time (what list() needs at the least). Peak RSS growth: the kernel's high-water mark over all calls, after a full GC.`,
     );
