@@ -357,6 +357,7 @@ export async function removeEntryIfUnchanged(
       return 'removed';
     },
     modes,
+    'remove-entry',
   );
   return outcome ?? 'locked';
 }

@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import { entryPaths } from './entry-paths.js';
 import { type RemovalOutcome, removeEntryIfUnchanged } from './entry-store.js';
 import {
@@ -6,6 +7,7 @@ import {
   removeExtractionIfUnchanged,
 } from './extraction-on-disk.js';
 import type { SublayerPolicy } from './janitor.js';
+import { lockHolder } from './soft-lock.js';
 import {
   manifestCount,
   readSublayer,
@@ -85,6 +87,8 @@ export function evictionShield(
  */
 const SCAN_AT_ONCE = 4;
 export const REMOVALS_AT_ONCE = 8;
+const HOLDER_LOOKS = 5;
+const HOLDER_LOOK_DELAY_MS = 10;
 
 /**
  * Removes least-recently-used entries while the sublayer is over `keepN` or `maxBytes`, skipping the keys
@@ -156,22 +160,46 @@ async function removeVictim(
   entry: ScannedEntry,
   extractions: readonly ScannedExtraction[],
 ): Promise<{ outcome: RemovalOutcome; removed: ReportItem[]; extractionBytesRemoved: number }> {
-  const outcome = await removeEntryIfUnchanged(
-    entry.paths,
-    {
-      sizeBytes: entry.sizeBytes,
-      lastUsedAtMs: entry.lastUsedAtMs,
-      inUseWindowMs: policy.inUseWindowMs,
-      nowMs: policy.freshness.nowMs,
-    },
-    policy.lockStaleMs,
-    policy.modes,
-  );
+  const outcome = await removeUnlessRemovedElsewhere(policy, entry);
   if (outcome !== 'removed') return { outcome, removed: [], extractionBytesRemoved: 0 };
   const removed: ReportItem[] = [{ key: entry.paths.key, path: entry.paths.payload, reason: 'evicted' }];
   const own = extractions.filter((extraction) => extraction.key === entry.paths.key);
   const extractionBytesRemoved = await removeExtractionsOf(policy, own, removed);
   return { outcome, removed, extractionBytesRemoved };
+}
+
+/**
+ * Removes a victim under its lock, as {@link removeEntryIfUnchanged} does. A victim whose lock is held is
+ * usually being removed by another process's pass, which chose it by the same order: counted as gone
+ * (`changed`), not replaced by the next entry, or two passes would evict one entry too many between them.
+ * A victim held by a writer or an extraction is `locked`: it stays, and the next entry goes in its place.
+ */
+async function removeUnlessRemovedElsewhere(
+  policy: SublayerPolicy,
+  entry: ScannedEntry,
+): Promise<RemovalOutcome> {
+  const removeIfUnchanged = () =>
+    removeEntryIfUnchanged(
+      entry.paths,
+      {
+        sizeBytes: entry.sizeBytes,
+        lastUsedAtMs: entry.lastUsedAtMs,
+        inUseWindowMs: policy.inUseWindowMs,
+        nowMs: policy.freshness.nowMs,
+      },
+      policy.lockStaleMs,
+      policy.modes,
+    );
+  let outcome = await removeIfUnchanged();
+  // The holder may let go, or be a moment from writing its owner file, while we look: a few looks settle it.
+  for (let look = 0; outcome === 'locked' && look < HOLDER_LOOKS; look += 1) {
+    const holder = await lockHolder(entry.paths.lock);
+    if (holder === 'removing') return 'changed';
+    if (holder === 'other') return 'locked';
+    if (holder === 'unknown') await delay(HOLDER_LOOK_DELAY_MS);
+    outcome = await removeIfUnchanged();
+  }
+  return outcome;
 }
 
 /**

@@ -55,7 +55,12 @@ interface LockOwner extends ProcessIdentity {
   pid: number;
   token: string;
   acquiredAt: string;
+  /** Present when the holder took the lock to remove the entry it guards (a janitor or an eviction pass). */
+  intent?: LockIntent;
 }
+
+/** Why a lock was taken, when that matters to others: its holder is removing the entry it guards. */
+export type LockIntent = 'remove-entry';
 
 /**
  * What tells one process from every other, on Linux: the boot (pids restart at each boot), the PID
@@ -86,6 +91,7 @@ export async function tryLock(
   lockPath: string,
   staleMs: number,
   modes?: CreateModes,
+  intent?: LockIntent,
 ): Promise<HeldLock | undefined> {
   if (lockFailsOpen) return { compromised: undefined, tookOver: false, waitedMs: 0, release: async () => {} };
   const owner: LockOwner = {
@@ -94,6 +100,7 @@ export async function tryLock(
     token: randomUUID(),
     acquiredAt: new Date().toISOString(),
     ...thisProcess,
+    ...(intent ? { intent } : {}),
   };
   const state: AdapterState = {
     owner,
@@ -137,14 +144,18 @@ export async function tryLock(
   }
 }
 
-/** Runs `action` holding the lock; `undefined` (and nothing run) when someone else holds it. */
+/**
+ * Runs `action` holding the lock; `undefined` (and nothing run) when someone else holds it. `intent` goes
+ * into the owner file for other processes to read (see {@link lockHolder}).
+ */
 export async function whileLocked<T>(
   lockPath: string,
   staleMs: number,
   action: () => Promise<T>,
   modes?: CreateModes,
+  intent?: LockIntent,
 ): Promise<T | undefined> {
-  const held = await tryLock(lockPath, staleMs, modes);
+  const held = await tryLock(lockPath, staleMs, modes, intent);
   if (!held) return undefined;
   try {
     return await action();
@@ -266,6 +277,22 @@ export async function isLockHeld(lockPath: string, staleMs: number): Promise<boo
     return isHeldHere(heartbeat) || !isStale(heartbeat.mtime, staleMs);
   } catch {
     return false;
+  }
+}
+
+/**
+ * Who holds an entry's lock now: nobody (`free`), a janitor or eviction pass removing the entry (`removing`),
+ * someone else (`other`: a writer, a reader of an old owner file's version), or a holder whose owner file is
+ * not written yet (`unknown`: its mkdir has just succeeded, or it died right there).
+ */
+export async function lockHolder(lockPath: string): Promise<'free' | 'removing' | 'other' | 'unknown'> {
+  try {
+    const { owner } = await readHeartbeat(lockPath);
+    if (!owner) return 'unknown';
+    return owner.intent === 'remove-entry' ? 'removing' : 'other';
+  } catch (error) {
+    if (errorCode(error) === 'ENOENT') return 'free';
+    throw error;
   }
 }
 

@@ -516,6 +516,25 @@ describe('eviction', () => {
     expect(cache.stats().evictions).toBe(36);
   });
 
+  it('counts a victim that another pass or janitor is removing as gone, rather than evicting one more', async () => {
+    const filler = cacheWith({ keepN: Number.POSITIVE_INFINITY, ...noGrace });
+    for (let index = 0; index < 40; index += 1) await write(filler, `k${String(index).padStart(2, '0')}`);
+    const cache = cacheWith({ keepN: 5, ...noGrace });
+    // k03 is held as another process's pass holds the victim it is removing (seen under Wine: two passes
+    // chose the same victim, and the one that found it locked evicted the next entry too).
+    const remover = await tryLock(path.join(dirOf(), 'k03.lock'), 10_000, undefined, 'remove-entry');
+    try {
+      await write(cache, 'last');
+      expect(await keysOf(cache)).toEqual(['k03', 'k36', 'k37', 'k38', 'k39', 'last']);
+      expect(cache.stats().evictions).toBe(35);
+      await fsp.rm(path.join(dirOf(), 'k03.manifest.json'));
+      await fsp.rm(path.join(dirOf(), 'k03'));
+    } finally {
+      await remover?.release();
+    }
+    expect(await keysOf(cache)).toEqual(['k36', 'k37', 'k38', 'k39', 'last']);
+  });
+
   it.skipIf(symlinksNeedPrivilege)(
     'a pass that fails is reported on payload-cache:evict:error; nothing throws, the wait still resolves',
     async () => {
