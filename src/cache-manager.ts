@@ -295,8 +295,14 @@ export class CacheManager {
       const scope = this.#scope();
       const found = await lookupEntry(paths, scope.freshness);
       if (found.state === 'fresh' && !options.refresh) {
-        if (delivery.kind === 'payload') return this.#serve(paths, found, scope);
-        return this.#extractions.extractUnderLock(paths, found.manifest.sha256, delivery.request, signal);
+        if (delivery.kind === 'payload') return await this.#serve(paths, found, scope);
+        // Awaited here, not returned as a promise: the lock must be held until the extraction is published.
+        return await this.#extractions.extractUnderLock(
+          paths,
+          found.manifest.sha256,
+          delivery.request,
+          signal,
+        );
       }
       const previous =
         found.state === 'absent' ? undefined : { path: paths.payload, manifest: found.manifest };
@@ -304,7 +310,7 @@ export class CacheManager {
       const eviction = await evict(this.#policy(this.#scope()), paths.key).catch(() => undefined);
       if (eviction) this.#observer.evicted(eviction.removed);
       if (delivery.kind === 'payload') return paths.payload;
-      return this.#extractions.extractUnderLock(paths, sha256, delivery.request, signal);
+      return await this.#extractions.extractUnderLock(paths, sha256, delivery.request, signal);
     } finally {
       await lock.release();
     }

@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import diagnosticsChannel from 'node:diagnostics_channel';
 import { once } from 'node:events';
-import { promises as fsp } from 'node:fs';
+import { existsSync, promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -69,6 +69,25 @@ describe('getOrExtract', () => {
     const extracted = await cache.getOrExtract(KEY, fetchFn);
     expect(await fsp.readFile(path.join(extracted, 'weo/README.txt'), 'utf8')).toBe('release 1\n');
     expect(calls).toHaveLength(1);
+  });
+
+  it('the key stays locked until the extraction of an archive already downloaded is published', async () => {
+    const { cache, dir } = await manager();
+    await cache.getOrFetch(KEY, counting(() => goodZip()).fetchFn);
+    const lockHeldAtPublish: boolean[] = [];
+    const listener = (message: unknown) => {
+      if ((message as { outcome?: string }).outcome !== 'published') return;
+      // Looked at in the same turn as the publication: another process must not have been let in yet.
+      lockHeldAtPublish.push(existsSync(path.join(dir, `${KEY}.lock`)));
+    };
+    diagnosticsChannel.subscribe('payload-cache:extract', listener);
+    try {
+      await cache.getOrExtract(KEY, counting(() => goodZip()).fetchFn);
+    } finally {
+      diagnosticsChannel.unsubscribe('payload-cache:extract', listener);
+    }
+    expect(lockHeldAtPublish).toEqual([true]);
+    expect(existsSync(path.join(dir, `${KEY}.lock`))).toBe(false);
   });
 
   it('a hostile archive publishes nothing: no entry, no extraction, no tmp leftovers', async () => {
