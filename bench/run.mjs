@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // The benchmark suite: our figures, the floor's and the peers', side by side, with the ratios and the
-// targets of issue 5. Usage: node bench/run.mjs [--short] [--only hit,miss,stampede,lock,scale,extract] [--json FILE]
+// targets of issue 5. Usage: node bench/run.mjs [--short] [--only hit,miss,stampede,lock,scale,extract,http,many] [--json FILE]
 // Run through `npm run bench` (which builds dist/ first): the suite measures the built library.
 // --short runs every row with tiny sizes and few iterations (a few seconds) so CI keeps the suite working;
 // its figures mean nothing and nothing asserts on them.
@@ -16,6 +16,8 @@ const SECTIONS = {
   lock: './lock-handoff.mjs',
   scale: './scale.mjs',
   extract: './extract.mjs',
+  http: './http.mjs',
+  many: './many-writers.mjs',
 };
 
 const { values } = parseArgs({

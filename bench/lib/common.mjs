@@ -154,6 +154,34 @@ export function forkChild(script, args = [], options = {}) {
   return { child, next, exited, send: (message) => child.send(message) };
 }
 
+/**
+ * Runs `work` and measures this process's peak RSS growth over its RSS just before: the kernel's
+ * high-water mark where it can be reset (Linux), else samples every 5 ms. Returns `{ value, elapsedMs,
+ * peakRssGrowthBytes, rssMethod }`.
+ */
+export async function measurePeakRss(work) {
+  collectGarbage();
+  const exactPeak = resetPeakRss() && peakRssBytes() !== undefined;
+  const baseline = currentRssBytes();
+  let sampledPeak = baseline;
+  const sampler = exactPeak
+    ? undefined
+    : setInterval(() => {
+        sampledPeak = Math.max(sampledPeak, process.memoryUsage.rss());
+      }, 5);
+  const started = performance.now();
+  const value = await work();
+  const elapsedMs = performance.now() - started;
+  if (sampler) clearInterval(sampler);
+  const peak = exactPeak ? peakRssBytes() : Math.max(sampledPeak, process.memoryUsage.rss());
+  return {
+    value,
+    elapsedMs,
+    peakRssGrowthBytes: peak - baseline,
+    rssMethod: exactPeak ? 'VmHWM' : 'sampled',
+  };
+}
+
 /** A full garbage collection, without needing `node --expose-gc` (so `npm run bench` can stay plain). */
 export function collectGarbage() {
   if (!globalThis.gc) {

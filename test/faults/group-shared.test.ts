@@ -119,14 +119,19 @@ async function killedWriter(umask: string, key: string, phase: 'locked' | 'strea
   expect(fs.readFileSync(file, 'utf8')).toBe(phase);
 }
 
-/** Everything under the cache root whose mode or group a group member could not use. */
-function unusableByGroup(): string[] {
+/**
+ * Everything under the cache root whose mode or group a group member could not use. `ownerFilesMayBePrivate`:
+ * a lock's owner file may keep the mode its umask gave it (see the caller).
+ */
+function unusableByGroup({ ownerFilesMayBePrivate = false } = {}): string[] {
   const problems: string[] = [];
   const visit = (at: string) => {
     const stats = fs.lstatSync(at);
     const mode = stats.mode & 0o7777;
     const wanted = stats.isDirectory() ? 0o2775 : 0o664;
-    if (mode !== wanted || stats.gid !== GROUP_ID) {
+    const ownerFile = path.basename(at) === 'owner.json' && path.dirname(at).endsWith('.lock');
+    const tolerated = ownerFilesMayBePrivate && ownerFile;
+    if ((mode !== wanted && !tolerated) || stats.gid !== GROUP_ID) {
       problems.push(`${path.relative(cacheRoot, at) || '.'} mode ${mode.toString(8)} gid ${stats.gid}`);
     }
     if (stats.isDirectory()) for (const name of fs.readdirSync(at)) visit(path.join(at, name));
@@ -164,9 +169,14 @@ describe(
         );
         expect(written.every((result) => result.ok)).toBe(true);
         await killedWriter(umask, 'dead-lock.bin', 'locked', shared);
-        await killedWriter(umask, 'orphan.bin', 'streaming', shared);
-        // Everything A made, its dead lock and half-written tmp file included, is the group's.
+        // Everything A made, its dead lock included, is the group's.
         expect(unusableByGroup()).toEqual([]);
+        await killedWriter(umask, 'orphan.bin', 'streaming', shared);
+        // And its half-written tmp file. This writer's background sweep may be taking the dead lock over
+        // when it is killed, between creating its owner file and giving it the group's mode (a window no
+        // syscall order closes under a strict umask): such an owner file may keep the umask's mode. The lock stays the
+        // group's all the same (its directory is group-writable), as B's takeover below shows.
+        expect(unusableByGroup({ ownerFilesMayBePrivate: true })).toEqual([]);
 
         const b = await run(
           'b',
@@ -226,7 +236,10 @@ describe(
         const orphans = fs.readdirSync(sublayerDir).filter((name) => name.startsWith('orphan.bin.tmp.'));
         expect(orphans).toHaveLength(1);
         const hourAgo = new Date(Date.now() - 60 * MINUTE_MS);
-        for (const name of orphans) fs.utimesSync(path.join(sublayerDir, name), hourAgo, hourAgo);
+        // Also a lock renamed aside by that killed writer's own sweep, should the kill have caught it
+        // releasing A's dead lock (seen once in CI): an hour old too, so that the prune may judge it.
+        const killedLeftovers = fs.readdirSync(sublayerDir).filter((name) => name.includes('.tmp.'));
+        for (const name of killedLeftovers) fs.utimesSync(path.join(sublayerDir, name), hourAgo, hourAgo);
         const pruned = await run(
           'b',
           umask,
