@@ -160,14 +160,18 @@ describe('NODE_DEBUG=payload-cache', () => {
     const lockPath = path.join(dir, 'k.lock');
     const held = await tryLock(lockPath, 10_000);
     const reports: [number, string | undefined][] = [];
-    setTimeout(() => void held?.release(), 330);
-    await waitForLock(lockPath, {
+    // Released once the second report is in, not after a guessed time: under Wine a poll can take longer
+    // than a report interval.
+    const taken = await waitForLock(lockPath, {
       key: 'k',
       staleMs: 10_000,
-      timeoutMs: 5_000,
+      timeoutMs: 60_000,
       reportEveryMs: 100,
-      onStillWaiting: (waitedMs, holder) => reports.push([waitedMs, holder]),
+      onStillWaiting: (waitedMs, holder) => {
+        if (reports.push([waitedMs, holder]) === 2) void held?.release();
+      },
     });
+    await taken.release();
     expect(reports.length).toBeGreaterThanOrEqual(2);
     expect(reports[0]?.[1]).toBe(`${(await import('node:os')).hostname()}/${process.pid}`);
     expect(reports.every(([waitedMs], i) => waitedMs >= (i + 1) * 100)).toBe(true);

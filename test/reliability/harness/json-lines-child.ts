@@ -37,7 +37,7 @@ export class JsonLinesChild<E extends ChildEvent = ChildEvent> {
     launcher: string[] = [],
   ) {
     const command = [...launcher, process.execPath, script, JSON.stringify(config)];
-    this.process = spawn(command[0] as string, command.slice(1), { stdio: 'pipe', env });
+    this.process = spawnRetryingWine(command, env);
     live.add(this as JsonLinesChild);
     this.process.stderr.setEncoding('utf8').on('data', (text: string) => {
       this.#stderr += text;
@@ -142,3 +142,23 @@ export async function within<T>(promise: Promise<T>, timeoutMs: number, message:
     clearTimeout(timer);
   }
 }
+
+/**
+ * Under Wine, CreateProcess fails now and then while many processes come and go (`spawn UNKNOWN`, thrown
+ * at once; seen once in the crash test): not the library's failure, so it is retried a few times.
+ * Anywhere else the first error is the answer.
+ */
+function spawnRetryingWine(command: string[], env: NodeJS.ProcessEnv): ChildProcessWithoutNullStreams {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return spawn(command[0] as string, command.slice(1), { stdio: 'pipe', env });
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException).code;
+      if (process.platform !== 'win32' || code !== 'UNKNOWN' || attempt === SPAWN_ATTEMPTS_UNDER_WINE)
+        throw error;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 200 * attempt);
+    }
+  }
+}
+
+const SPAWN_ATTEMPTS_UNDER_WINE = 5;
