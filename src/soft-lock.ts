@@ -111,6 +111,8 @@ export async function tryLock(
     brokeStale: false,
     observed: undefined,
     compromised: undefined,
+    locked: false,
+    probeMtime: undefined,
   };
   try {
     const release = await lockfile.lock(lockTarget(lockPath), {
@@ -124,6 +126,7 @@ export async function tryLock(
         state.compromised = error;
       },
     });
+    state.locked = true;
     heldByThisProcess.add(owner.token);
     return {
       get compromised() {
@@ -204,7 +207,8 @@ export async function waitForLock(
   const startedAt = Date.now();
   const reportEveryMs = options.reportEveryMs ?? STILL_WAITING_INTERVAL_MS;
   let nextReportMs = reportEveryMs;
-  const release = watchForRelease(lockPath);
+  // Set up after the first attempt fails: a free lock (the common case) needs no watch.
+  let release: ReturnType<typeof watchForRelease> | undefined;
   try {
     for (let pollMs = FIRST_POLL_MS; ; pollMs = Math.min(pollMs * 1.5, MAX_POLL_MS)) {
       options.signal?.throwIfAborted();
@@ -218,6 +222,8 @@ export async function waitForLock(
         held.waitedMs = pollMs === FIRST_POLL_MS ? 0 : waitedMs; // free at the first attempt: no wait
         return held;
       }
+      // Before the checks below, so that a release while they run ends the next sleep at once.
+      release ??= watchForRelease(lockPath);
       if (await options.satisfied?.()) return undefined;
       if (options.onStillWaiting && waitedMs >= nextReportMs) {
         nextReportMs += reportEveryMs;
@@ -230,7 +236,7 @@ export async function waitForLock(
       await release.sleep(Math.min(jitteredMs, options.timeoutMs - waitedMs), options.signal);
     }
   } finally {
-    release.close();
+    release?.close();
   }
 }
 
@@ -324,7 +330,19 @@ interface AdapterState {
   /** What the last staleness check saw, so that a takeover removes that very lock and no other. */
   observed: Heartbeat | undefined;
   compromised: Error | undefined;
+  /** proper-lockfile has handed us the lock: every `utimes` from then on is a heartbeat. */
+  locked: boolean;
+  /** The mtime proper-lockfile's precision probe has just set on our new owner file, until its `stat`. */
+  probeMtime: Date | undefined;
 }
+
+/**
+ * Lock directories (by parent) whose file system was seen keeping an owner file's mtime to the millisecond.
+ * proper-lockfile probes the precision after every mkdir that wins (a `utimes`, then a `stat`), caching
+ * the answer on the `fs` adapter, which is ours per lock. Where a probe has already seen milliseconds kept,
+ * the next probe's `stat` is answered with the mtime its `utimes` just set: what a read would return.
+ */
+const keepsMilliseconds = new Set<string>();
 
 type Callback<T = void> = (error: NodeJS.ErrnoException | null, value?: T) => void;
 
@@ -341,17 +359,26 @@ function ownerFileAdapter(state: AdapterState) {
       settle(callback)(createLock(lockPath, state));
     },
     stat(lockPath: string, callback: Callback<{ mtime: Date }>) {
+      const probed = state.probeMtime;
+      state.probeMtime = undefined;
+      if (probed && keepsMilliseconds.has(path.dirname(lockPath))) {
+        settle(callback)(Promise.resolve({ mtime: probed }));
+        return;
+      }
       settle(callback)(
         readHeartbeat(lockPath).then((heartbeat) => {
           state.observed = heartbeat;
+          const ours = heartbeat.owner?.token === state.owner.token;
+          if (probed && ours && heartbeat.mtime.getTime() === probed.getTime())
+            keepsMilliseconds.add(path.dirname(lockPath));
           // The holder's own heartbeat check must see the real mtime; anyone else in this process must
           // never judge a lock this process holds stale.
-          const ours = heartbeat.owner?.token === state.owner.token;
           return { mtime: !ours && isHeldHere(heartbeat) ? new Date() : heartbeat.mtime };
         }),
       );
     },
     utimes(lockPath: string, atime: Date, mtime: Date, callback: Callback) {
+      if (!state.locked) state.probeMtime = mtime;
       fs.utimes(path.join(lockPath, OWNER_FILE), atime, mtime, callback);
     },
     rmdir(lockPath: string, callback: Callback) {

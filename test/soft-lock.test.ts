@@ -82,6 +82,19 @@ describe('tryLock', () => {
     expect(await isLockHeld(lockPath, STALE_MS)).toBe(false);
   });
 
+  it('keeps its heartbeat going past staleMs when its precision probe was answered from an earlier lock in the directory', async () => {
+    const staleMs = 2_000;
+    await (await lock(staleMs))?.release();
+    const second = await lock(staleMs);
+    expect(second).toBeDefined();
+
+    // Heartbeats run every staleMs / 2; each first checks that the owner file's mtime is still the one the
+    // lock recorded (here the probe's), and marks the lock compromised if not.
+    await new Promise((resolve) => setTimeout(resolve, 1.75 * staleMs));
+
+    expect(second?.compromised).toBeUndefined();
+  });
+
   it('takes over at once a lock whose holder on this host is dead, however fresh its heartbeat', async () => {
     plantLock({ host: thisHost, pid: await deadPid(), ...sameBootAndNamespace() }, {});
 
