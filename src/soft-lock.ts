@@ -601,9 +601,31 @@ function lockedError(message: string): Error {
 
 /** Removes our own lock, and only ours: if it was taken over meanwhile, the lock there is someone else's. */
 async function removeOwnLock(lockPath: string, token: string): Promise<void> {
-  const { owner } = await readHeartbeat(lockPath).catch(() => ({ owner: undefined }));
-  if (owner?.token !== token) return;
-  await discardLockDir(lockPath);
+  if ((await readOwnerToken(lockPath)) !== token) return;
+  await discardLockDir(lockPath, { ownOwnerFile: true });
+}
+
+// An owner file is a few hundred bytes; Buffer.allocUnsafe serves up to 4 KiB from its shared pool.
+const OWNER_READ_BYTES = 4095;
+
+/**
+ * The token in the lock's owner file, read with one `read`: all a release needs to know is whether the lock
+ * is still ours, not how old its heartbeat is or whether its holder lives. `undefined` for anything else.
+ */
+async function readOwnerToken(lockPath: string): Promise<string | undefined> {
+  let handle: fs.promises.FileHandle | undefined;
+  try {
+    handle = await fs.promises.open(path.join(lockPath, OWNER_FILE), READ_NO_FOLLOW_NO_BLOCK);
+    const buffer = Buffer.allocUnsafe(OWNER_READ_BYTES);
+    const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+    const text =
+      bytesRead < buffer.length ? buffer.toString('utf8', 0, bytesRead) : await handle.readFile('utf8');
+    return parseOwner(text)?.token;
+  } catch {
+    return undefined;
+  } finally {
+    await handle?.close().catch(() => {});
+  }
 }
 
 /**
@@ -614,11 +636,23 @@ async function removeOwnLock(lockPath: string, token: string): Promise<void> {
  * until the waiter lets go, and whatever is still left (the process ended first) carries `.tmp.` in its
  * name and is swept as an orphan.
  */
-async function discardLockDir(lockPath: string): Promise<void> {
+async function discardLockDir(lockPath: string, { ownOwnerFile = false } = {}): Promise<void> {
   const aside = tmpPathFor(lockPath);
   // SMB refuses to rename a directory while a waiter has the owner file open, for the moment of its read.
   await renameWithRetry(lockPath, aside, { retryCodes: LOCK_RENAME_RETRY_CODES });
+  // Our own lock holds just the owner file we wrote, unless a waiter left a breaker or a silly rename:
+  // removed by name at once, and only if that leaves something, listed and removed name by name.
+  if (ownOwnerFile && (await removeOwnerFileAndDir(aside))) return;
   if (!(await removeLockDir(aside).catch(() => false))) void removeLockDirLater(aside);
+}
+
+/** Unlinks the owner file of a lock directory renamed aside, then the directory; `false` if it is not empty. */
+async function removeOwnerFileAndDir(dir: string): Promise<boolean> {
+  await fs.promises.unlink(path.join(dir, OWNER_FILE)).catch(() => {});
+  return fs.promises.rmdir(dir).then(
+    () => true,
+    () => false,
+  );
 }
 
 const LATE_REMOVAL_DELAYS_MS = [100, 200, 400, 800, 1_600, 3_200, 6_400];

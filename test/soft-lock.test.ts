@@ -82,6 +82,26 @@ describe('tryLock', () => {
     expect(await isLockHeld(lockPath, STALE_MS)).toBe(false);
   });
 
+  it('removes its whole directory on release, a breaker left inside by a waiter included', async () => {
+    const first = await lock();
+    fs.mkdirSync(path.join(lockPath, 'breaker'));
+
+    await first?.release();
+
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
+  it('leaves the lock alone on release when its owner file names another holder (taken over meanwhile)', async () => {
+    const first = await lock();
+    const ownerFile = path.join(lockPath, 'owner.json');
+    const successor = { ...JSON.parse(fs.readFileSync(ownerFile, 'utf8')), token: 'successor' };
+    fs.writeFileSync(ownerFile, JSON.stringify(successor));
+
+    await first?.release();
+
+    expect(JSON.parse(fs.readFileSync(ownerFile, 'utf8')).token).toBe('successor');
+  });
+
   it('keeps its heartbeat going past staleMs when its precision probe was answered from an earlier lock in the directory', async () => {
     const staleMs = 2_000;
     await (await lock(staleMs))?.release();
