@@ -8,9 +8,11 @@ import {
   type EntryState,
   isCacheRoot,
   lookupEntry,
+  type PendingManifest,
   removeEntry,
   renewEntry,
   retireManifest,
+  sealEntry,
   touchEntry,
   writeCacheDirTag,
 } from './entry-store.js';
@@ -26,7 +28,7 @@ import { evict } from './evictor.js';
 import { ExtractionFlow } from './extraction-flow.js';
 import type { PreparedExtraction } from './extraction-store.js';
 import { asFetchedBody, checkIntegrity, oversizeGuard, releaseResult, runValidator } from './fetch-result.js';
-import { ensureRealDir, errorCode, isRealDir } from './file-system.js';
+import { ensureRealDir, errorCode, isRealDir, removeFile } from './file-system.js';
 import { FlightTable } from './flight.js';
 import { carryOut, planClear, planPrune, planSweep, type SublayerPolicy, verifySublayer } from './janitor.js';
 import { findInLayers, type Layer, type LayeredEntry, layersOf } from './layers.js';
@@ -413,24 +415,30 @@ export class CacheManager {
     delivery: Delivery,
   ): Promise<void> {
     let prepared: PreparedExtraction | undefined;
+    let pending: PendingManifest | undefined;
     try {
       await writer.writeBody(fetched.body, signal, oversizeGuard(paths.key, fetched));
       checkIntegrity(paths.key, writer, fetched);
       await runValidator(paths.key, writer, options.validator, signal);
       signal.throwIfAborted();
       const nowMs = this.#now();
-      await writer.seal(nowMs);
+      const facts = { createdAtMs: nowMs, etag: fetched.etag, lastModified: fetched.lastModified };
+      pending = await sealEntry(paths, writer, facts, this.#settings.modes);
       await crashPoint('sealed');
       const extraction =
         delivery.kind === 'extraction'
           ? this.#extractions.steps(paths, writer.sha256, delivery.request, nowMs, signal)
           : undefined;
       prepared = await extraction?.prepareUnlessPublished(writer.tmpPath);
-      const facts = { createdAtMs: nowMs, etag: fetched.etag, lastModified: fetched.lastModified };
-      await commitEntry(paths, writer, facts, this.#settings.modes);
+      // Once the commit has begun the pending manifest is its own: removed on a failure before the
+      // payload's rename, kept after it (it then proves the lone payload is ours).
+      const committing = pending;
+      pending = undefined;
+      await commitEntry(paths, writer, committing);
       if (prepared) await extraction?.publish(prepared);
     } catch (error) {
       await prepared?.discard();
+      if (pending) await removeFile(pending.tmpPath).catch(() => {});
       await writer.discard();
       throw error;
     }
