@@ -172,10 +172,12 @@ export class CacheManager {
     const refresh = options.refresh === true;
     const flightKey = delivery.kind === 'payload' ? paths.payload : paths.payload + EXTRACTION_FLIGHT_SUFFIX;
     // The common case first: with nothing in flight for this entry, a hit needs no flight bookkeeping.
+    let checked: EntryState | undefined;
     if (!refresh && !flights.has(flightKey)) {
       this.#sweepOnce(scope);
-      const { served } = await this.#hitCheck(paths, scope, delivery);
+      const { found, served } = await this.#hitCheck(paths, scope, delivery);
       if (served !== undefined) return served;
+      checked = found;
     }
     if (isOffline(this.#settings)) {
       return delivery.kind === 'payload'
@@ -188,7 +190,7 @@ export class CacheManager {
     }
     try {
       return await flights.run(flightKey, refresh, options.signal, (signal) =>
-        this.#hitOrFetch(paths, fetchFn, options, signal, delivery),
+        this.#hitOrFetch(paths, fetchFn, options, signal, delivery, checked),
       );
     } catch (error) {
       return this.#serveStale(paths, options, error, delivery);
@@ -201,12 +203,17 @@ export class CacheManager {
     options: GetOrFetchOptions,
     signal: AbortSignal,
     delivery: Delivery,
+    checked: EntryState | undefined,
   ) {
     const scope = this.#scope();
     this.#sweepOnce(scope);
-    const hit = options.refresh
-      ? { found: await lookupEntry(paths, scope.freshness) }
-      : await this.#hitCheck(paths, scope, delivery);
+    // A miss this call saw a moment ago is not checked again: the check under the lock (step 4) decides.
+    const hit =
+      checked !== undefined
+        ? { found: checked }
+        : options.refresh
+          ? { found: await lookupEntry(paths, scope.freshness) }
+          : await this.#hitCheck(paths, scope, delivery);
     if (hit.served !== undefined) return hit.served;
     const { found } = hit;
     const reason = found.state !== 'fresh' ? found.state : options.refresh ? 'refresh' : 'not-extracted';
