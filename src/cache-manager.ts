@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { raceAbort } from './abort.js';
 import { PayloadWriter } from './atomic-writer.js';
 import { resolveRoot } from './cache-root.js';
@@ -294,6 +295,8 @@ export class CacheManager {
       // Someone removed the sublayer while we waited: make it again and go on waiting.
       recreateDir: () => ensureRealDir(dir, modes),
       onStillWaiting: (waitedMs, holder) => this.#observer.stillWaiting(paths.key, waitedMs, holder),
+      // The holder renames the manifest into place before it releases the lock: wake up for that.
+      wakeOn: [path.basename(paths.manifest)],
       // Another writer holds the key: if it has published a fresh entry (and, for getOrExtract, its
       // extraction), serve it without the lock.
       satisfied: async () => {

@@ -177,11 +177,16 @@ export interface WaitForLockOptions {
   /** Default {@link STILL_WAITING_INTERVAL_MS}. */
   reportEveryMs?: number;
   /**
-   * Checked after every failed attempt: `true` ends the wait WITHOUT the lock (resolves `undefined`).
-   * Waiters that only need what the holder is producing can then read it as soon as it is published,
-   * all at once, instead of taking the lock one after another.
+   * Checked after the first failed attempt and then before every further one: `true` ends the wait
+   * WITHOUT the lock (resolves `undefined`). Waiters that only need what the holder is producing can then
+   * read it as soon as it is published, all at once, instead of taking the lock one after another.
    */
   satisfied?: () => Promise<boolean>;
+  /**
+   * Names in the lock's directory whose change ends a sleep at once, as the lock's own name does: where
+   * the holder publishes what `satisfied` looks for (it does so before it releases the lock).
+   */
+  wakeOn?: readonly string[];
   /** Called when the lock's directory has vanished (someone removed it); the wait then goes on. */
   recreateDir?: () => Promise<void>;
   /** Modes for the lock directory and owner file (a group-shared cache). */
@@ -207,24 +212,21 @@ export async function waitForLock(
   const startedAt = Date.now();
   const reportEveryMs = options.reportEveryMs ?? STILL_WAITING_INTERVAL_MS;
   let nextReportMs = reportEveryMs;
-  // Set up after the first attempt fails: a free lock (the common case) needs no watch.
-  let release: ReturnType<typeof watchForRelease> | undefined;
+  const attempt = () =>
+    tryLock(lockPath, options.staleMs, options.modes).catch(async (error: unknown) => {
+      if (errorCode(error) !== 'ENOENT' || !options.recreateDir) throw error;
+      await options.recreateDir();
+      return tryLock(lockPath, options.staleMs, options.modes);
+    });
+  options.signal?.throwIfAborted();
+  // A free lock (the common case) is taken without setting up a watch.
+  const free = await attempt();
+  if (free) return free;
+  const released = watchForRelease(lockPath, options.wakeOn);
   try {
+    if (await options.satisfied?.()) return undefined;
     for (let pollMs = FIRST_POLL_MS; ; pollMs = Math.min(pollMs * 1.5, MAX_POLL_MS)) {
-      options.signal?.throwIfAborted();
-      const held = await tryLock(lockPath, options.staleMs, options.modes).catch(async (error: unknown) => {
-        if (errorCode(error) !== 'ENOENT' || !options.recreateDir) throw error;
-        await options.recreateDir();
-        return tryLock(lockPath, options.staleMs, options.modes);
-      });
       const waitedMs = Date.now() - startedAt;
-      if (held) {
-        held.waitedMs = pollMs === FIRST_POLL_MS ? 0 : waitedMs; // free at the first attempt: no wait
-        return held;
-      }
-      // Before the checks below, so that a release while they run ends the next sleep at once.
-      release ??= watchForRelease(lockPath);
-      if (await options.satisfied?.()) return undefined;
       if (options.onStillWaiting && waitedMs >= nextReportMs) {
         nextReportMs += reportEveryMs;
         options.onStillWaiting(waitedMs, await describeLockHolder(lockPath));
@@ -233,27 +235,36 @@ export async function waitForLock(
         throw new LockTimeoutError(options.key, waitedMs, await describeLockHolder(lockPath));
       }
       const jitteredMs = pollMs * (0.8 + Math.random() * 0.4);
-      await release.sleep(Math.min(jitteredMs, options.timeoutMs - waitedMs), options.signal);
+      await released.sleep(Math.min(jitteredMs, options.timeoutMs - waitedMs), options.signal);
+      options.signal?.throwIfAborted();
+      // What the holder published is read before the lock is tried again: a waiter that took the lock
+      // only to find the entry there would keep the others waiting until it let go.
+      if (await options.satisfied?.()) return undefined;
+      const held = await attempt();
+      if (held) {
+        held.waitedMs = Date.now() - startedAt;
+        return held;
+      }
     }
   } finally {
-    release?.close();
+    released.close();
   }
 }
 
 /**
- * A sleep that ends early when the lock's name changes in its directory (the holder renamed it away):
- * on a local file system the hand-off then costs no polling delay. Network file systems deliver no such
+ * A sleep that ends early when the lock's name changes in its directory (the holder renamed it away), or
+ * one of `alsoNames` does: on a local file system the hand-off then costs no polling delay. Network file systems deliver no such
  * events, and a watch that cannot be set up (inotify limits) is simply absent: polling still bounds the wait.
  */
-function watchForRelease(lockPath: string) {
-  const lockName = path.basename(lockPath);
+function watchForRelease(lockPath: string, alsoNames: readonly string[] = []) {
+  const names = new Set([path.basename(lockPath), ...alsoNames]);
   let wake: (() => void) | undefined;
   // An event that arrives while the waiter is busy trying the lock must not be lost: it ends the next sleep.
   let missed = false;
   let watcher: fs.FSWatcher | undefined;
   try {
     watcher = fs.watch(path.dirname(lockPath), { persistent: false }, (_event, name) => {
-      if (name !== null && name.toString() !== lockName) return;
+      if (name !== null && !names.has(name.toString())) return;
       if (wake) wake();
       else missed = true;
     });

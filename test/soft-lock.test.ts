@@ -243,6 +243,26 @@ describe('waitForLock', () => {
     ).rejects.toMatchObject({ name: 'AbortError' });
   });
 
+  it('ends the wait without the lock when what it waits for is there by the time the holder releases', async () => {
+    const first = await lock();
+    let published = false;
+    setTimeout(() => {
+      published = true;
+      void first?.release();
+    }, 200);
+
+    const outcome = await waitForLock(lockPath, {
+      key: 'key.bin',
+      staleMs: STALE_MS,
+      timeoutMs: 30_000,
+      satisfied: async () => published,
+    });
+
+    // Taking the free lock only to find the work done would hold up every other waiter.
+    expect(outcome).toBeUndefined();
+    expect(fs.existsSync(lockPath)).toBe(false);
+  });
+
   it('gets the lock as soon as the holder releases it', async () => {
     const first = await lock();
     setTimeout(() => void first?.release(), 200);
