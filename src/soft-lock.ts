@@ -355,6 +355,18 @@ interface AdapterState {
  */
 const keepsMilliseconds = new Set<string>();
 
+/**
+ * The answer to the `stat` of proper-lockfile's precision probe, which follows its `utimes` of the owner
+ * file of a lock we have just created: only that file's mtime matters (whose lock it is, the mkdir told).
+ */
+async function readProbedMtime(lockPath: string, probed: Date): Promise<{ mtime: Date }> {
+  const dir = path.dirname(lockPath);
+  if (keepsMilliseconds.has(dir)) return { mtime: probed };
+  const { mtime } = await fs.promises.lstat(path.join(lockPath, OWNER_FILE));
+  if (mtime.getTime() === probed.getTime()) keepsMilliseconds.add(dir);
+  return { mtime };
+}
+
 type Callback<T = void> = (error: NodeJS.ErrnoException | null, value?: T) => void;
 
 function ownerFileAdapter(state: AdapterState) {
@@ -372,18 +384,16 @@ function ownerFileAdapter(state: AdapterState) {
     stat(lockPath: string, callback: Callback<{ mtime: Date }>) {
       const probed = state.probeMtime;
       state.probeMtime = undefined;
-      if (probed && keepsMilliseconds.has(path.dirname(lockPath))) {
-        settle(callback)(Promise.resolve({ mtime: probed }));
+      if (probed) {
+        settle(callback)(readProbedMtime(lockPath, probed));
         return;
       }
       settle(callback)(
         readHeartbeat(lockPath).then((heartbeat) => {
           state.observed = heartbeat;
-          const ours = heartbeat.owner?.token === state.owner.token;
-          if (probed && ours && heartbeat.mtime.getTime() === probed.getTime())
-            keepsMilliseconds.add(path.dirname(lockPath));
           // The holder's own heartbeat check must see the real mtime; anyone else in this process must
           // never judge a lock this process holds stale.
+          const ours = heartbeat.owner?.token === state.owner.token;
           return { mtime: !ours && isHeldHere(heartbeat) ? new Date() : heartbeat.mtime };
         }),
       );
