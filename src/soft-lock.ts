@@ -450,7 +450,7 @@ async function readHeartbeat(lockPath: string): Promise<Heartbeat> {
   try {
     const stats = await handle.stat();
     const mtime = stats.mtime;
-    const owner = stats.isFile() ? parseOwner(await handle.readFile('utf8')) : undefined;
+    const owner = stats.isFile() ? parseOwner(await readOwnerText(handle)) : undefined;
     // An owner file left empty or torn (its writer killed between creating and writing it) names nobody:
     // like a missing one, its age decides and the directory's inode tells this lock from the next.
     if (!owner) return { mtime, owner, dirInode: lockStats.ino };
@@ -637,16 +637,19 @@ async function readOwnerToken(lockPath: string): Promise<string | undefined> {
   let handle: fs.promises.FileHandle | undefined;
   try {
     handle = await fs.promises.open(path.join(lockPath, OWNER_FILE), READ_NO_FOLLOW_NO_BLOCK);
-    const buffer = Buffer.allocUnsafe(OWNER_READ_BYTES);
-    const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
-    const text =
-      bytesRead < buffer.length ? buffer.toString('utf8', 0, bytesRead) : await handle.readFile('utf8');
-    return parseOwner(text)?.token;
+    return parseOwner(await readOwnerText(handle))?.token;
   } catch {
     return undefined;
   } finally {
     await handle?.close().catch(() => {});
   }
+}
+
+/** An owner file's text, normally with one `read` (`readFile` would fstat first: waiters poll this). */
+async function readOwnerText(handle: fs.promises.FileHandle): Promise<string> {
+  const buffer = Buffer.allocUnsafe(OWNER_READ_BYTES);
+  const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+  return bytesRead < buffer.length ? buffer.toString('utf8', 0, bytesRead) : handle.readFile('utf8');
 }
 
 /**
