@@ -246,9 +246,10 @@ describe('waitForLock', () => {
   it('ends the wait without the lock when what it waits for is there by the time the holder releases', async () => {
     const first = await lock();
     let published = false;
+    let released: Promise<void> | undefined;
     setTimeout(() => {
       published = true;
-      void first?.release();
+      released = first?.release();
     }, 200);
 
     const outcome = await waitForLock(lockPath, {
@@ -260,6 +261,7 @@ describe('waitForLock', () => {
 
     // Taking the free lock only to find the work done would hold up every other waiter.
     expect(outcome).toBeUndefined();
+    await released;
     expect(fs.existsSync(lockPath)).toBe(false);
   });
 
