@@ -190,10 +190,13 @@ export async function commitEntry(
   await crashPoint('manifest-written');
   // Only a lock that failed open lets another writer rename its payload over ours in between; our manifest
   // would then describe its bytes. Withdrawing it leaves a miss, and that writer's own manifest (renamed
-  // into place after its payload) restores the entry.
+  // into place after its payload) restores the entry. That manifest may already be the one at the name:
+  // what was withdrawn is read back, and another writer's is put back (never over a newer one).
   if (!(await writer.isPublishedAt(paths.payload))) {
     const withdrawn = await retireManifest(paths.manifest);
-    if (withdrawn) await removeFile(withdrawn).catch(() => {});
+    if (withdrawn && (await readManifestText(withdrawn)) !== manifestText(manifest)) {
+      await restoreManifest(withdrawn, paths.manifest);
+    } else if (withdrawn) await removeFile(withdrawn).catch(() => {});
   }
   await writer.close();
   await fsyncDir(paths.dir);

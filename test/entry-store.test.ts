@@ -1,9 +1,11 @@
+import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import type { PayloadWriter } from '../src/atomic-writer.js';
+import { PayloadWriter } from '../src/atomic-writer.js';
 import { entryPaths } from '../src/entry-paths.js';
-import { sealEntry } from '../src/entry-store.js';
+import { commitEntry, sealEntry } from '../src/entry-store.js';
+import { manifestText } from '../src/manifest.js';
 import { makeTempDir, removeTempDirs } from './helpers.js';
 
 afterEach(removeTempDirs);
@@ -90,5 +92,68 @@ describe('sealEntry (the payload and the pending manifest are flushed at once)',
     ).rejects.toMatchObject({
       code: 'ENOENT',
     });
+  });
+});
+
+describe('commitEntry when a lock failed open (another writer publishes between our renames)', () => {
+  const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+  /** Writer A's entry, sealed and about to be committed; `race` runs where A checks its payload is still there. */
+  async function writerA(dir: string, race: () => Promise<void>) {
+    const paths = entryPaths(dir, 'k');
+    const writer = await PayloadWriter.create(paths.payload);
+    await writer.writeBody('bytes of A', new AbortController().signal);
+    const pending = await sealEntry(paths, writer, { createdAtMs: Date.UTC(2026, 0, 1) });
+    const isPublishedAt = writer.isPublishedAt.bind(writer);
+    writer.isPublishedAt = async (filePath: string) => {
+      await race();
+      return isPublishedAt(filePath);
+    };
+    return { paths, writer, pending };
+  }
+
+  /** Writer B publishing by rename, as commitEntry does: its payload, then (unless told not to) its manifest. */
+  async function publishB(dir: string, { manifest = true } = {}): Promise<string> {
+    const paths = entryPaths(dir, 'k');
+    const text = manifestText({
+      schema_version: 1,
+      key: 'k',
+      created_at: '2026-01-01T00:00:01.000Z',
+      size_bytes: 10,
+      sha256: sha256('bytes of B'),
+    });
+    await fsp.writeFile(`${paths.payload}.b`, 'bytes of B');
+    await fsp.rename(`${paths.payload}.b`, paths.payload);
+    if (manifest) {
+      await fsp.writeFile(`${paths.manifest}.b`, text);
+      await fsp.rename(`${paths.manifest}.b`, paths.manifest);
+    }
+    return text;
+  }
+
+  it("leaves B's manifest in place when B renamed both its payload and its manifest before A looked", async () => {
+    const dir = await makeTempDir();
+    let textOfB = '';
+    const { paths, writer, pending } = await writerA(dir, async () => {
+      textOfB = await publishB(dir);
+    });
+
+    await commitEntry(paths, writer, pending);
+
+    expect(await fsp.readFile(paths.payload, 'utf8')).toBe('bytes of B');
+    expect(await fsp.readFile(paths.manifest, 'utf8')).toBe(textOfB);
+    expect(await tmpNames(dir)).toEqual([]);
+  });
+
+  it("withdraws its own manifest when B's payload is in place but B's manifest is not yet: a miss", async () => {
+    const dir = await makeTempDir();
+    const { paths, writer, pending } = await writerA(dir, async () => {
+      await publishB(dir, { manifest: false });
+    });
+
+    await commitEntry(paths, writer, pending);
+
+    expect(await fsp.readFile(paths.payload, 'utf8')).toBe('bytes of B');
+    expect(await fsp.readdir(dir)).toEqual(['k']);
   });
 });
