@@ -209,11 +209,20 @@ export class PayloadWriter {
 const WRITE_BUFFER_BYTES = 1024 * 1024;
 
 /**
+ * Write buffers of finished writers, for the next: a fresh 1 MiB buffer costs its allocation and a page
+ * fault per 4 KiB on first touch, which at 1 MiB weighs as much as the copy itself several times over.
+ * Two (one writer's pair) are kept, so a process holds at most 2 MiB for this between writes.
+ */
+const spareBuffers: Buffer[] = [];
+const MAX_SPARE_BUFFERS = 2;
+
+/**
  * Double-buffered writing of a streamed body: chunks are copied into one buffer while the other is being
  * written, so reading the source, hashing and writing overlap. The copy also keeps the bytes on disk equal
  * to the bytes hashed when a source reuses its chunk buffers after yielding them.
  */
-class WriteBehind {
+/** @internal Exported for its tests only. */
+export class WriteBehind {
   readonly #handle: fsp.FileHandle;
   readonly #tmpPath: string;
   readonly #buffers: (Buffer | undefined)[] = [undefined, undefined];
@@ -251,15 +260,22 @@ class WriteBehind {
     this.#fileOffset = 0;
   }
 
-  /** Waits for a write still running, ignoring its outcome (on error paths, before the file is closed). */
+  /**
+   * Waits for a write still running, ignoring its outcome (on error paths, before the file is closed),
+   * then hands the buffers on to the next writer: no write reads them any more.
+   */
   async settle(): Promise<void> {
     await this.#inFlight.catch(() => {});
+    for (const [index, buffer] of this.#buffers.entries()) {
+      this.#buffers[index] = undefined;
+      if (buffer && spareBuffers.length < MAX_SPARE_BUFFERS) spareBuffers.push(buffer);
+    }
   }
 
   #buffer(): Buffer {
     const existing = this.#buffers[this.#filling];
     if (existing) return existing;
-    const created = Buffer.allocUnsafe(WRITE_BUFFER_BYTES);
+    const created = spareBuffers.pop() ?? Buffer.allocUnsafe(WRITE_BUFFER_BYTES);
     this.#buffers[this.#filling] = created;
     return created;
   }

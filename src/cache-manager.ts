@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { raceAbort } from './abort.js';
 import { PayloadWriter } from './atomic-writer.js';
 import { resolveRoot } from './cache-root.js';
@@ -8,9 +9,11 @@ import {
   type EntryState,
   isCacheRoot,
   lookupEntry,
+  type PendingManifest,
   removeEntry,
   renewEntry,
   retireManifest,
+  sealEntry,
   touchEntry,
   writeCacheDirTag,
 } from './entry-store.js';
@@ -26,7 +29,7 @@ import { evict } from './evictor.js';
 import { ExtractionFlow } from './extraction-flow.js';
 import type { PreparedExtraction } from './extraction-store.js';
 import { asFetchedBody, checkIntegrity, oversizeGuard, releaseResult, runValidator } from './fetch-result.js';
-import { ensureRealDir, errorCode, isRealDir } from './file-system.js';
+import { ensureRealDir, errorCode, isRealDir, removeFile } from './file-system.js';
 import { FlightTable } from './flight.js';
 import { carryOut, planClear, planPrune, planSweep, type SublayerPolicy, verifySublayer } from './janitor.js';
 import { findInLayers, type Layer, type LayeredEntry, layersOf } from './layers.js';
@@ -170,10 +173,12 @@ export class CacheManager {
     const refresh = options.refresh === true;
     const flightKey = delivery.kind === 'payload' ? paths.payload : paths.payload + EXTRACTION_FLIGHT_SUFFIX;
     // The common case first: with nothing in flight for this entry, a hit needs no flight bookkeeping.
+    let checked: EntryState | undefined;
     if (!refresh && !flights.has(flightKey)) {
       this.#sweepOnce(scope);
-      const { served } = await this.#hitCheck(paths, scope, delivery);
+      const { found, served } = await this.#hitCheck(paths, scope, delivery);
       if (served !== undefined) return served;
+      checked = found;
     }
     if (isOffline(this.#settings)) {
       return delivery.kind === 'payload'
@@ -186,7 +191,7 @@ export class CacheManager {
     }
     try {
       return await flights.run(flightKey, refresh, options.signal, (signal) =>
-        this.#hitOrFetch(paths, fetchFn, options, signal, delivery),
+        this.#hitOrFetch(paths, fetchFn, options, signal, delivery, checked),
       );
     } catch (error) {
       return this.#serveStale(paths, options, error, delivery);
@@ -199,12 +204,17 @@ export class CacheManager {
     options: GetOrFetchOptions,
     signal: AbortSignal,
     delivery: Delivery,
+    checked: EntryState | undefined,
   ) {
     const scope = this.#scope();
     this.#sweepOnce(scope);
-    const hit = options.refresh
-      ? { found: await lookupEntry(paths, scope.freshness) }
-      : await this.#hitCheck(paths, scope, delivery);
+    // A miss this call saw a moment ago is not checked again: the check under the lock (step 4) decides.
+    const hit =
+      checked !== undefined
+        ? { found: checked }
+        : options.refresh
+          ? { found: await lookupEntry(paths, scope.freshness) }
+          : await this.#hitCheck(paths, scope, delivery);
     if (hit.served !== undefined) return hit.served;
     const { found } = hit;
     const reason = found.state !== 'fresh' ? found.state : options.refresh ? 'refresh' : 'not-extracted';
@@ -285,6 +295,8 @@ export class CacheManager {
       // Someone removed the sublayer while we waited: make it again and go on waiting.
       recreateDir: () => ensureRealDir(dir, modes),
       onStillWaiting: (waitedMs, holder) => this.#observer.stillWaiting(paths.key, waitedMs, holder),
+      // The holder renames the manifest into place before it releases the lock: wake up for that.
+      wakeOn: [path.basename(paths.manifest)],
       // Another writer holds the key: if it has published a fresh entry (and, for getOrExtract, its
       // extraction), serve it without the lock.
       satisfied: async () => {
@@ -413,24 +425,30 @@ export class CacheManager {
     delivery: Delivery,
   ): Promise<void> {
     let prepared: PreparedExtraction | undefined;
+    let pending: PendingManifest | undefined;
     try {
       await writer.writeBody(fetched.body, signal, oversizeGuard(paths.key, fetched));
       checkIntegrity(paths.key, writer, fetched);
       await runValidator(paths.key, writer, options.validator, signal);
       signal.throwIfAborted();
       const nowMs = this.#now();
-      await writer.seal(nowMs);
+      const facts = { createdAtMs: nowMs, etag: fetched.etag, lastModified: fetched.lastModified };
+      pending = await sealEntry(paths, writer, facts, this.#settings.modes);
       await crashPoint('sealed');
       const extraction =
         delivery.kind === 'extraction'
           ? this.#extractions.steps(paths, writer.sha256, delivery.request, nowMs, signal)
           : undefined;
       prepared = await extraction?.prepareUnlessPublished(writer.tmpPath);
-      const facts = { createdAtMs: nowMs, etag: fetched.etag, lastModified: fetched.lastModified };
-      await commitEntry(paths, writer, facts, this.#settings.modes);
+      // Once the commit has begun the pending manifest is its own: removed on a failure before the
+      // payload's rename, kept after it (it then proves the lone payload is ours).
+      const committing = pending;
+      pending = undefined;
+      await commitEntry(paths, writer, committing);
       if (prepared) await extraction?.publish(prepared);
     } catch (error) {
       await prepared?.discard();
+      if (pending) await removeFile(pending.tmpPath).catch(() => {});
       await writer.discard();
       throw error;
     }

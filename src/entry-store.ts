@@ -119,21 +119,24 @@ export interface PayloadFacts {
   readonly lastModified?: string | undefined;
 }
 
+/** The new manifest, written and flushed under a tmp name beside the entry: not a manifest yet. */
+export interface PendingManifest {
+  readonly manifest: Manifest;
+  readonly tmpPath: string;
+}
+
 /**
- * Commits a sealed payload (DESIGN.md principle 2). The new manifest is written first under a tmp name: it
- * is no manifest yet, but should we crash after the payload's rename it proves that the lone payload is
- * ours, so a sweep may remove it. Then: retire the old manifest (renamed aside, so that no manifest ever
- * describes bytes it was not written for, and so that it still proves the old payload is ours); rename the
- * payload into place; rename the new manifest into place; fsync the directory. A crash at any point leaves
- * the old entry, the new one, or a lone payload beside a record that proves it, which is a miss and gets
- * swept.
+ * Seals the payload's tmp file and writes the new manifest's tmp file at once: size and sha256 are final
+ * once the body has ended, and neither file is visible until its rename, which {@link commitEntry} orders
+ * (both flushed first). The manifest's fsync thus costs no time of its own. On any failure the manifest's
+ * tmp file is gone again; the payload's is the caller's to discard.
  */
-export async function commitEntry(
+export async function sealEntry(
   paths: EntryPaths,
   writer: PayloadWriter,
   facts: PayloadFacts,
   modes?: CreateModes,
-): Promise<Manifest> {
+): Promise<PendingManifest> {
   const manifest: Manifest = {
     schema_version: SCHEMA_VERSION,
     key: paths.key,
@@ -143,7 +146,33 @@ export async function commitEntry(
     etag: facts.etag,
     last_modified: facts.lastModified,
   };
-  const pendingManifest = await writeTmpFile(paths.manifest, manifestText(manifest), modes);
+  const [sealed, written] = await Promise.allSettled([
+    writer.seal(facts.createdAtMs),
+    writeTmpFile(paths.manifest, manifestText(manifest), modes),
+  ]);
+  if (sealed.status === 'rejected') {
+    if (written.status === 'fulfilled') await removeFile(written.value).catch(() => {});
+    throw sealed.reason;
+  }
+  if (written.status === 'rejected') throw written.reason;
+  return { manifest, tmpPath: written.value };
+}
+
+/**
+ * Commits a payload sealed by {@link sealEntry} (DESIGN.md principle 2). The new manifest is already on
+ * disk under a tmp name: it is no manifest yet, but should we crash after the payload's rename it proves
+ * that the lone payload is ours, so a sweep may remove it. Then: retire the old manifest (renamed aside,
+ * so that no manifest ever describes bytes it was not written for, and so that it still proves the old
+ * payload is ours); rename the payload into place; rename the new manifest into place; fsync the
+ * directory. A crash at any point leaves the old entry, the new one, or a lone payload beside a record
+ * that proves it, which is a miss and gets swept. On a failure before the payload's rename the pending
+ * manifest is removed.
+ */
+export async function commitEntry(
+  paths: EntryPaths,
+  writer: PayloadWriter,
+  { manifest, tmpPath: pendingManifest }: PendingManifest,
+): Promise<Manifest> {
   let retired: string | undefined;
   try {
     retired = await retireManifest(paths.manifest);
@@ -161,10 +190,13 @@ export async function commitEntry(
   await crashPoint('manifest-written');
   // Only a lock that failed open lets another writer rename its payload over ours in between; our manifest
   // would then describe its bytes. Withdrawing it leaves a miss, and that writer's own manifest (renamed
-  // into place after its payload) restores the entry.
+  // into place after its payload) restores the entry. That manifest may already be the one at the name:
+  // what was withdrawn is read back, and another writer's is put back (never over a newer one).
   if (!(await writer.isPublishedAt(paths.payload))) {
     const withdrawn = await retireManifest(paths.manifest);
-    if (withdrawn) await removeFile(withdrawn).catch(() => {});
+    if (withdrawn && (await readManifestText(withdrawn)) !== manifestText(manifest)) {
+      await restoreManifest(withdrawn, paths.manifest);
+    } else if (withdrawn) await removeFile(withdrawn).catch(() => {});
   }
   await writer.close();
   await fsyncDir(paths.dir);

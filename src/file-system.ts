@@ -76,6 +76,10 @@ export const GROUP_SHARED_MODES: CreateModes = { file: 0o664, dir: 0o2775 };
  * send this writer's files outside the cache root.
  */
 export async function ensureRealDir(dir: string, modes?: CreateModes): Promise<void> {
+  // Every miss comes here, and the directory is nearly always there: one lstat answers, where a mkdir
+  // (EEXIST) would still need the lstat for the symlink check.
+  const existing = await lstatOrUndefined(dir).catch(() => undefined);
+  if (existing?.isDirectory()) return;
   const created: string[] = [];
   // A plain mkdir first: a recursive one reports a read-only parent as a misleading ENOENT (Node 20).
   try {

@@ -111,6 +111,8 @@ export async function tryLock(
     brokeStale: false,
     observed: undefined,
     compromised: undefined,
+    locked: false,
+    probeMtime: undefined,
   };
   try {
     const release = await lockfile.lock(lockTarget(lockPath), {
@@ -124,6 +126,7 @@ export async function tryLock(
         state.compromised = error;
       },
     });
+    state.locked = true;
     heldByThisProcess.add(owner.token);
     return {
       get compromised() {
@@ -174,11 +177,16 @@ export interface WaitForLockOptions {
   /** Default {@link STILL_WAITING_INTERVAL_MS}. */
   reportEveryMs?: number;
   /**
-   * Checked after every failed attempt: `true` ends the wait WITHOUT the lock (resolves `undefined`).
-   * Waiters that only need what the holder is producing can then read it as soon as it is published,
-   * all at once, instead of taking the lock one after another.
+   * Checked after the first failed attempt and then before every further one: `true` ends the wait
+   * WITHOUT the lock (resolves `undefined`). Waiters that only need what the holder is producing can then
+   * read it as soon as it is published, all at once, instead of taking the lock one after another.
    */
   satisfied?: () => Promise<boolean>;
+  /**
+   * Names in the lock's directory whose change ends a sleep at once, as the lock's own name does: where
+   * the holder publishes what `satisfied` looks for (it does so before it releases the lock).
+   */
+  wakeOn?: readonly string[];
   /** Called when the lock's directory has vanished (someone removed it); the wait then goes on. */
   recreateDir?: () => Promise<void>;
   /** Modes for the lock directory and owner file (a group-shared cache). */
@@ -204,21 +212,21 @@ export async function waitForLock(
   const startedAt = Date.now();
   const reportEveryMs = options.reportEveryMs ?? STILL_WAITING_INTERVAL_MS;
   let nextReportMs = reportEveryMs;
-  const release = watchForRelease(lockPath);
+  const attempt = () =>
+    tryLock(lockPath, options.staleMs, options.modes).catch(async (error: unknown) => {
+      if (errorCode(error) !== 'ENOENT' || !options.recreateDir) throw error;
+      await options.recreateDir();
+      return tryLock(lockPath, options.staleMs, options.modes);
+    });
+  options.signal?.throwIfAborted();
+  // A free lock (the common case) is taken without setting up a watch.
+  const free = await attempt();
+  if (free) return free;
+  const released = watchForRelease(lockPath, options.wakeOn);
   try {
+    if (await options.satisfied?.()) return undefined;
     for (let pollMs = FIRST_POLL_MS; ; pollMs = Math.min(pollMs * 1.5, MAX_POLL_MS)) {
-      options.signal?.throwIfAborted();
-      const held = await tryLock(lockPath, options.staleMs, options.modes).catch(async (error: unknown) => {
-        if (errorCode(error) !== 'ENOENT' || !options.recreateDir) throw error;
-        await options.recreateDir();
-        return tryLock(lockPath, options.staleMs, options.modes);
-      });
       const waitedMs = Date.now() - startedAt;
-      if (held) {
-        held.waitedMs = pollMs === FIRST_POLL_MS ? 0 : waitedMs; // free at the first attempt: no wait
-        return held;
-      }
-      if (await options.satisfied?.()) return undefined;
       if (options.onStillWaiting && waitedMs >= nextReportMs) {
         nextReportMs += reportEveryMs;
         options.onStillWaiting(waitedMs, await describeLockHolder(lockPath));
@@ -227,27 +235,36 @@ export async function waitForLock(
         throw new LockTimeoutError(options.key, waitedMs, await describeLockHolder(lockPath));
       }
       const jitteredMs = pollMs * (0.8 + Math.random() * 0.4);
-      await release.sleep(Math.min(jitteredMs, options.timeoutMs - waitedMs), options.signal);
+      await released.sleep(Math.min(jitteredMs, options.timeoutMs - waitedMs), options.signal);
+      options.signal?.throwIfAborted();
+      // What the holder published is read before the lock is tried again: a waiter that took the lock
+      // only to find the entry there would keep the others waiting until it let go.
+      if (await options.satisfied?.()) return undefined;
+      const held = await attempt();
+      if (held) {
+        held.waitedMs = Date.now() - startedAt;
+        return held;
+      }
     }
   } finally {
-    release.close();
+    released.close();
   }
 }
 
 /**
- * A sleep that ends early when the lock's name changes in its directory (the holder renamed it away):
- * on a local file system the hand-off then costs no polling delay. Network file systems deliver no such
+ * A sleep that ends early when the lock's name changes in its directory (the holder renamed it away), or
+ * one of `alsoNames` does: on a local file system the hand-off then costs no polling delay. Network file systems deliver no such
  * events, and a watch that cannot be set up (inotify limits) is simply absent: polling still bounds the wait.
  */
-function watchForRelease(lockPath: string) {
-  const lockName = path.basename(lockPath);
+function watchForRelease(lockPath: string, alsoNames: readonly string[] = []) {
+  const names = new Set([path.basename(lockPath), ...alsoNames]);
   let wake: (() => void) | undefined;
   // An event that arrives while the waiter is busy trying the lock must not be lost: it ends the next sleep.
   let missed = false;
   let watcher: fs.FSWatcher | undefined;
   try {
     watcher = fs.watch(path.dirname(lockPath), { persistent: false }, (_event, name) => {
-      if (name !== null && name.toString() !== lockName) return;
+      if (name !== null && !names.has(name.toString())) return;
       if (wake) wake();
       else missed = true;
     });
@@ -324,6 +341,30 @@ interface AdapterState {
   /** What the last staleness check saw, so that a takeover removes that very lock and no other. */
   observed: Heartbeat | undefined;
   compromised: Error | undefined;
+  /** proper-lockfile has handed us the lock: every `utimes` from then on is a heartbeat. */
+  locked: boolean;
+  /** The mtime proper-lockfile's precision probe has just set on our new owner file, until its `stat`. */
+  probeMtime: Date | undefined;
+}
+
+/**
+ * Lock directories (by parent) whose file system was seen keeping an owner file's mtime to the millisecond.
+ * proper-lockfile probes the precision after every mkdir that wins (a `utimes`, then a `stat`), caching
+ * the answer on the `fs` adapter, which is ours per lock. Where a probe has already seen milliseconds kept,
+ * the next probe's `stat` is answered with the mtime its `utimes` just set: what a read would return.
+ */
+const keepsMilliseconds = new Set<string>();
+
+/**
+ * The answer to the `stat` of proper-lockfile's precision probe, which follows its `utimes` of the owner
+ * file of a lock we have just created: only that file's mtime matters (whose lock it is, the mkdir told).
+ */
+async function readProbedMtime(lockPath: string, probed: Date): Promise<{ mtime: Date }> {
+  const dir = path.dirname(lockPath);
+  if (keepsMilliseconds.has(dir)) return { mtime: probed };
+  const { mtime } = await fs.promises.lstat(path.join(lockPath, OWNER_FILE));
+  if (mtime.getTime() === probed.getTime()) keepsMilliseconds.add(dir);
+  return { mtime };
 }
 
 type Callback<T = void> = (error: NodeJS.ErrnoException | null, value?: T) => void;
@@ -341,6 +382,12 @@ function ownerFileAdapter(state: AdapterState) {
       settle(callback)(createLock(lockPath, state));
     },
     stat(lockPath: string, callback: Callback<{ mtime: Date }>) {
+      const probed = state.probeMtime;
+      state.probeMtime = undefined;
+      if (probed) {
+        settle(callback)(readProbedMtime(lockPath, probed));
+        return;
+      }
       settle(callback)(
         readHeartbeat(lockPath).then((heartbeat) => {
           state.observed = heartbeat;
@@ -352,6 +399,7 @@ function ownerFileAdapter(state: AdapterState) {
       );
     },
     utimes(lockPath: string, atime: Date, mtime: Date, callback: Callback) {
+      if (!state.locked) state.probeMtime = mtime;
       fs.utimes(path.join(lockPath, OWNER_FILE), atime, mtime, callback);
     },
     rmdir(lockPath: string, callback: Callback) {
@@ -402,7 +450,7 @@ async function readHeartbeat(lockPath: string): Promise<Heartbeat> {
   try {
     const stats = await handle.stat();
     const mtime = stats.mtime;
-    const owner = stats.isFile() ? parseOwner(await handle.readFile('utf8')) : undefined;
+    const owner = stats.isFile() ? parseOwner(await readOwnerText(handle)) : undefined;
     // An owner file left empty or torn (its writer killed between creating and writing it) names nobody:
     // like a missing one, its age decides and the directory's inode tells this lock from the next.
     if (!owner) return { mtime, owner, dirInode: lockStats.ino };
@@ -574,9 +622,34 @@ function lockedError(message: string): Error {
 
 /** Removes our own lock, and only ours: if it was taken over meanwhile, the lock there is someone else's. */
 async function removeOwnLock(lockPath: string, token: string): Promise<void> {
-  const { owner } = await readHeartbeat(lockPath).catch(() => ({ owner: undefined }));
-  if (owner?.token !== token) return;
-  await discardLockDir(lockPath);
+  if ((await readOwnerToken(lockPath)) !== token) return;
+  await discardLockDir(lockPath, { ownOwnerFile: true });
+}
+
+// An owner file is a few hundred bytes; Buffer.allocUnsafe serves up to 4 KiB from its shared pool.
+const OWNER_READ_BYTES = 4095;
+
+/**
+ * The token in the lock's owner file, read with one `read`: all a release needs to know is whether the lock
+ * is still ours, not how old its heartbeat is or whether its holder lives. `undefined` for anything else.
+ */
+async function readOwnerToken(lockPath: string): Promise<string | undefined> {
+  let handle: fs.promises.FileHandle | undefined;
+  try {
+    handle = await fs.promises.open(path.join(lockPath, OWNER_FILE), READ_NO_FOLLOW_NO_BLOCK);
+    return parseOwner(await readOwnerText(handle))?.token;
+  } catch {
+    return undefined;
+  } finally {
+    await handle?.close().catch(() => {});
+  }
+}
+
+/** An owner file's text, normally with one `read` (`readFile` would fstat first: waiters poll this). */
+async function readOwnerText(handle: fs.promises.FileHandle): Promise<string> {
+  const buffer = Buffer.allocUnsafe(OWNER_READ_BYTES);
+  const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+  return bytesRead < buffer.length ? buffer.toString('utf8', 0, bytesRead) : handle.readFile('utf8');
 }
 
 /**
@@ -587,11 +660,23 @@ async function removeOwnLock(lockPath: string, token: string): Promise<void> {
  * until the waiter lets go, and whatever is still left (the process ended first) carries `.tmp.` in its
  * name and is swept as an orphan.
  */
-async function discardLockDir(lockPath: string): Promise<void> {
+async function discardLockDir(lockPath: string, { ownOwnerFile = false } = {}): Promise<void> {
   const aside = tmpPathFor(lockPath);
   // SMB refuses to rename a directory while a waiter has the owner file open, for the moment of its read.
   await renameWithRetry(lockPath, aside, { retryCodes: LOCK_RENAME_RETRY_CODES });
+  // Our own lock holds just the owner file we wrote, unless a waiter left a breaker or a silly rename:
+  // removed by name at once, and only if that leaves something, listed and removed name by name.
+  if (ownOwnerFile && (await removeOwnerFileAndDir(aside))) return;
   if (!(await removeLockDir(aside).catch(() => false))) void removeLockDirLater(aside);
+}
+
+/** Unlinks the owner file of a lock directory renamed aside, then the directory; `false` if it is not empty. */
+async function removeOwnerFileAndDir(dir: string): Promise<boolean> {
+  await fs.promises.unlink(path.join(dir, OWNER_FILE)).catch(() => {});
+  return fs.promises.rmdir(dir).then(
+    () => true,
+    () => false,
+  );
 }
 
 const LATE_REMOVAL_DELAYS_MS = [100, 200, 400, 800, 1_600, 3_200, 6_400];

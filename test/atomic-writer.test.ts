@@ -1,6 +1,8 @@
+import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { PayloadWriter, WriteBehind } from '../src/atomic-writer.js';
 import { renameWithRetry } from '../src/file-system.js';
 import { makeTempDir, removeTempDirs } from './helpers.js';
 
@@ -74,4 +76,81 @@ describe('renameWithRetry (Windows: a scanner holds the new file for a moment)',
       expect(held.calls).toHaveLength(1);
     },
   );
+});
+
+describe('PayloadWriter write buffers (reused from one writer to the next)', () => {
+  /** `count` chunks of 64 KiB, each filled with its own byte; a yield between chunks lets writers interleave. */
+  async function* chunks(seed: number, count: number) {
+    for (let index = 0; index < count; index++) {
+      yield Buffer.alloc(64 * 1024, (seed * 31 + index) % 251);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  }
+
+  function expectedSha256(seed: number, count: number): string {
+    const hash = createHash('sha256');
+    for (let index = 0; index < count; index++)
+      hash.update(Buffer.alloc(64 * 1024, (seed * 31 + index) % 251));
+    return hash.digest('hex');
+  }
+
+  /** A file handle whose writes end only when the test lets them; it keeps the bytes each write was given. */
+  function heldWrites() {
+    const writes: { bytes: Uint8Array; finish: () => void }[] = [];
+    const handle = {
+      write: (bytes: Uint8Array, offset: number, length: number) =>
+        new Promise<{ bytesWritten: number }>((resolve) => {
+          writes.push({ bytes, finish: () => resolve({ bytesWritten: length - offset }) });
+        }),
+    };
+    return { handle: handle as unknown as ConstructorParameters<typeof WriteBehind>[0], writes };
+  }
+
+  it('gives its buffers to the next writer only once its last write has ended', async () => {
+    const first = heldWrites();
+    const a = new WriteBehind(first.handle, 'a');
+    await a.append(Buffer.alloc(1024 * 1024, 1)); // a full buffer: its write starts, and is held
+    const aWrite = first.writes[0];
+    if (!aWrite) throw new Error('no write started');
+    let settled = false;
+    const aSettled = a.settle().then(() => {
+      settled = true;
+    });
+
+    const second = heldWrites();
+    const b = new WriteBehind(second.handle, 'b');
+    await b.append(Buffer.alloc(64 * 1024, 2));
+    const bFinished = b.finish();
+    await new Promise((resolve) => setImmediate(resolve));
+
+    expect(settled).toBe(false);
+    expect(second.writes[0]?.bytes.buffer).not.toBe(aWrite.bytes.buffer);
+    expect(aWrite.bytes.every((byte) => byte === 1)).toBe(true);
+    aWrite.finish();
+    second.writes[0]?.finish();
+    await Promise.all([aSettled, bFinished]);
+  });
+
+  it('never lets one writer fill a buffer another is still writing out: each file holds its own bytes', async () => {
+    const dir = await makeTempDir();
+    const write = async (seed: number, count: number) => {
+      const writer = await PayloadWriter.create(path.join(dir, `payload-${seed}`));
+      await writer.writeBody(chunks(seed, count), new AbortController().signal);
+      await writer.close();
+      return { writer, seed, count };
+    };
+    // One after another (each takes the buffers the last one gave back), then eight side by side, of
+    // sizes that end mid-buffer and on a buffer's edge.
+    const written = [await write(1, 40), await write(2, 3)];
+    written.push(...(await Promise.all([3, 4, 5, 6, 7, 8, 9, 10].map((seed) => write(seed, 8 + seed * 3)))));
+
+    for (const { writer, seed, count } of written) {
+      const bytes = await fsp.readFile(writer.tmpPath);
+      expect(bytes.length).toBe(count * 64 * 1024);
+      expect(createHash('sha256').update(bytes).digest('hex'), `writer ${seed}`).toBe(
+        expectedSha256(seed, count),
+      );
+      expect(writer.sha256).toBe(expectedSha256(seed, count));
+    }
+  });
 });

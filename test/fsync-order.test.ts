@@ -26,17 +26,45 @@ interface Call {
   name: string;
   /** The paths in its arguments, in order (strace -y prints a descriptor as `3</the/path>`). */
   paths: string[];
+  /** Where in the trace the call began and where it returned: calls of two threads overlap. */
+  startedAt: number;
+  endedAt: number;
 }
 
+/**
+ * The successful calls of a `strace -f` trace. A call that another thread's call interrupts is printed in
+ * two lines, `pid name(args <unfinished ...>` and `pid <... name resumed>...) = 0`; its paths come from the
+ * first, its outcome from the second.
+ */
 function parseTrace(text: string): Call[] {
   const calls: Call[] = [];
-  for (const line of text.split('\n')) {
-    const match = /^(?:\d+\s+)?(fsync|fdatasync|rename|renameat2?)\((.*)\)\s+=\s+0/.exec(line);
-    if (!match) continue;
-    const paths = [...(match[2] as string).matchAll(/"([^"]+)"|<([^>]+)>/g)].map(
-      (m) => (m[1] ?? m[2]) as string,
-    );
-    calls.push({ name: match[1] as string, paths: paths.filter((p) => p.startsWith('/')) });
+  const unfinished = new Map<string, { name: string; args: string; startedAt: number }>();
+  const pathsOf = (args: string) =>
+    [...args.matchAll(/"([^"]+)"|<([^>]+)>/g)]
+      .map((m) => (m[1] ?? m[2]) as string)
+      .filter((p) => p.startsWith('/'));
+  for (const [at, line] of text.split('\n').entries()) {
+    const begun = /^(\d+)\s+(fsync|fdatasync|rename|renameat2?)\((.*) <unfinished \.\.\.>$/.exec(line);
+    if (begun) {
+      const [, pid, name, args] = begun as unknown as [string, string, string, string];
+      unfinished.set(pid, { name, args, startedAt: at });
+      continue;
+    }
+    const resumed = /^(\d+)\s+<\.\.\. (fsync|fdatasync|rename|renameat2?) resumed>.*\)\s+=\s+0$/.exec(line);
+    if (resumed) {
+      const [, pid, name] = resumed as unknown as [string, string, string];
+      const start = unfinished.get(pid);
+      unfinished.delete(pid);
+      if (start?.name === name) {
+        calls.push({ name, paths: pathsOf(start.args), startedAt: start.startedAt, endedAt: at });
+      }
+      continue;
+    }
+    const whole = /^(?:\d+\s+)?(fsync|fdatasync|rename|renameat2?)\((.*)\)\s+=\s+0$/.exec(line);
+    if (whole) {
+      const [, name, args] = whole as unknown as [string, string, string];
+      calls.push({ name, paths: pathsOf(args), startedAt: at, endedAt: at });
+    }
   }
   return calls;
 }
@@ -52,7 +80,7 @@ describe.skipIf(!hasStrace)(
       const script = `
       const { CacheManager } = await import(${JSON.stringify(new URL('../dist/index.js', import.meta.url).href)});
       const cache = new CacheManager({ sublayer: 'data', root: ${JSON.stringify(root)}, ttl: 1 });
-      await cache.getOrFetch('k', () => 'version two, longer', { refresh: true });`;
+      await cache.getOrFetch('k', () => 'version two, longer: '.repeat(200_000), { refresh: true });`;
       const run = spawnSync(
         'strace',
         [
@@ -76,30 +104,35 @@ describe.skipIf(!hasStrace)(
       );
       const payload = path.join(dir, 'k');
       const manifest = `${payload}.manifest.json`;
-      const index = (test: (call: Call) => boolean, what: string) => {
-        const at = calls.findIndex(test);
-        expect(at, `${what} in ${JSON.stringify(calls, null, 1)}`).toBeGreaterThanOrEqual(0);
-        return at;
+      const find = (test: (call: Call) => boolean, what: string): Call => {
+        const call = calls.find(test);
+        expect(call, `${what} in ${JSON.stringify(calls, null, 1)}`).toBeDefined();
+        return call as Call;
       };
       const isRename = (call: Call) => call.name.startsWith('rename');
       const syncOf = (file: string) => (call: Call) => !isRename(call) && call.paths[0] === file;
       const renameTo = (target: string) => (call: Call) => isRename(call) && call.paths[1] === target;
-      const payloadRename = index(renameTo(payload), 'rename of the payload into place');
-      const payloadTmp = calls[payloadRename]?.paths[0] as string;
-      const manifestRename = index(renameTo(manifest), 'rename of the manifest into place');
-      const manifestTmp = calls[manifestRename]?.paths[0] as string;
-      const retire = index(
+      const payloadRename = find(renameTo(payload), 'rename of the payload into place');
+      const manifestRename = find(renameTo(manifest), 'rename of the manifest into place');
+      const retire = find(
         (call) => isRename(call) && call.paths[0] === manifest,
         'the old manifest renamed aside',
       );
-      const payloadSync = index(syncOf(payloadTmp), 'fsync of the payload tmp file');
-      const manifestSync = index(syncOf(manifestTmp), 'fsync of the manifest tmp file');
-      const dirSync = calls.findLastIndex(syncOf(dir));
-      expect(payloadSync).toBeLessThan(payloadRename);
-      expect(manifestSync).toBeLessThan(manifestRename);
-      expect(retire).toBeLessThan(payloadRename);
-      expect(payloadRename).toBeLessThan(manifestRename);
-      expect(dirSync, 'fsync of the directory after the renames').toBeGreaterThan(manifestRename);
+      const payloadSync = find(syncOf(payloadRename.paths[0] as string), 'fsync of the payload tmp file');
+      const manifestSync = find(syncOf(manifestRename.paths[0] as string), 'fsync of the manifest tmp file');
+      const dirSync = find((call) => call === calls.findLast(syncOf(dir)), 'fsync of the directory');
+      // "Before" means returned before the other call began: the two tmp files are flushed concurrently.
+      const returnedBefore = (first: Call, second: Call) => first.endedAt < second.startedAt;
+      expect(returnedBefore(payloadSync, payloadRename), 'payload flushed before its rename').toBe(true);
+      expect(returnedBefore(manifestSync, manifestRename), 'manifest flushed before its rename').toBe(true);
+      expect(returnedBefore(retire, payloadRename), 'old manifest retired before the payload rename').toBe(
+        true,
+      );
+      expect(returnedBefore(payloadSync, manifestRename), 'payload flushed before the manifest rename').toBe(
+        true,
+      );
+      expect(returnedBefore(payloadRename, manifestRename), 'payload renamed before the manifest').toBe(true);
+      expect(returnedBefore(manifestRename, dirSync), 'directory fsync after the renames').toBe(true);
     });
   },
 );

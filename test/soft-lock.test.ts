@@ -82,6 +82,39 @@ describe('tryLock', () => {
     expect(await isLockHeld(lockPath, STALE_MS)).toBe(false);
   });
 
+  it('removes its whole directory on release, a breaker left inside by a waiter included', async () => {
+    const first = await lock();
+    fs.mkdirSync(path.join(lockPath, 'breaker'));
+
+    await first?.release();
+
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
+  it('leaves the lock alone on release when its owner file names another holder (taken over meanwhile)', async () => {
+    const first = await lock();
+    const ownerFile = path.join(lockPath, 'owner.json');
+    const successor = { ...JSON.parse(fs.readFileSync(ownerFile, 'utf8')), token: 'successor' };
+    fs.writeFileSync(ownerFile, JSON.stringify(successor));
+
+    await first?.release();
+
+    expect(JSON.parse(fs.readFileSync(ownerFile, 'utf8')).token).toBe('successor');
+  });
+
+  it('keeps its heartbeat going past staleMs when its precision probe was answered from an earlier lock in the directory', async () => {
+    const staleMs = 2_000;
+    await (await lock(staleMs))?.release();
+    const second = await lock(staleMs);
+    expect(second).toBeDefined();
+
+    // Heartbeats run every staleMs / 2; each first checks that the owner file's mtime is still the one the
+    // lock recorded (here the probe's), and marks the lock compromised if not.
+    await new Promise((resolve) => setTimeout(resolve, 1.75 * staleMs));
+
+    expect(second?.compromised).toBeUndefined();
+  });
+
   it('takes over at once a lock whose holder on this host is dead, however fresh its heartbeat', async () => {
     plantLock({ host: thisHost, pid: await deadPid(), ...sameBootAndNamespace() }, {});
 
@@ -208,6 +241,28 @@ describe('waitForLock', () => {
         signal: controller.signal,
       }),
     ).rejects.toMatchObject({ name: 'AbortError' });
+  });
+
+  it('ends the wait without the lock when what it waits for is there by the time the holder releases', async () => {
+    const first = await lock();
+    let published = false;
+    let released: Promise<void> | undefined;
+    setTimeout(() => {
+      published = true;
+      released = first?.release();
+    }, 200);
+
+    const outcome = await waitForLock(lockPath, {
+      key: 'key.bin',
+      staleMs: STALE_MS,
+      timeoutMs: 30_000,
+      satisfied: async () => published,
+    });
+
+    // Taking the free lock only to find the work done would hold up every other waiter.
+    expect(outcome).toBeUndefined();
+    await released;
+    expect(fs.existsSync(lockPath)).toBe(false);
   });
 
   it('gets the lock as soon as the holder releases it', async () => {

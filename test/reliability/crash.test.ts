@@ -43,8 +43,9 @@ describe('crash at every phase', () => {
     // manifest is retired the previous entry stands and is served without a fetch; between its retirement
     // and the new manifest the key is a miss (old bytes beside a sealed tmp file, then the new payload
     // without manifest) and the fresh process fetches; once the new manifest is in place it is a hit. The
-    // tmp files counted from 'manifest-removed' on are the new manifest, written first under a tmp name,
-    // and the old one renamed aside: each proves to the sweep that a lone payload of its size is ours.
+    // tmp files counted from 'sealed' on include the new manifest, written under a tmp name while the
+    // payload is sealed, and from 'manifest-removed' on the old one renamed aside: each proves to the sweep
+    // that a lone payload of its size is ours.
     const phases = result.iterations
       .filter((it) => it.kind === 'phase')
       .map((it) => {
@@ -65,7 +66,7 @@ describe('crash at every phase', () => {
     expect(phases).toEqual([
       ['locked', true, true, 'old', 'old', false, 0, 'old', false],
       ['streaming', true, true, 'old', 'old', false, 1, 'old', false],
-      ['sealed', true, true, 'old', 'old', true, 1, 'old', false],
+      ['sealed', true, true, 'old', 'old', true, 2, 'old', false],
       ['manifest-removed', true, true, 'none', 'old', true, 3, 'new', true],
       ['renamed', true, true, 'none', 'new', false, 2, 'new', true],
       ['manifest-written', true, true, 'new', 'new', false, 1, 'new', false],

@@ -1,0 +1,159 @@
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { PayloadWriter } from '../src/atomic-writer.js';
+import { entryPaths } from '../src/entry-paths.js';
+import { commitEntry, sealEntry } from '../src/entry-store.js';
+import { manifestText } from '../src/manifest.js';
+import { makeTempDir, removeTempDirs } from './helpers.js';
+
+afterEach(removeTempDirs);
+
+const SHA256_OF_NOTHING = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
+
+/** A writer whose seal (the payload's fsync) ends only when the test says so, or fails. */
+function writerSealedBy(seal: Promise<void>): PayloadWriter {
+  return { sizeBytes: 0, sha256: SHA256_OF_NOTHING, seal: () => seal } as unknown as PayloadWriter;
+}
+
+function deferred() {
+  let resolve!: () => void;
+  let reject!: (error: Error) => void;
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
+  return { promise, resolve, reject };
+}
+
+/** Polls `condition` for up to 5 s; whether it came true. */
+async function waitFor(condition: () => Promise<boolean>): Promise<boolean> {
+  for (let i = 0; i < 500; i++) {
+    if (await condition()) return true;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  return false;
+}
+
+const tmpNames = async (dir: string) => (await fsp.readdir(dir)).filter((name) => name.includes('.tmp.'));
+
+describe('sealEntry (the payload and the pending manifest are flushed at once)', () => {
+  it('resolves only once the payload is sealed, with the manifest already written under a tmp name', async () => {
+    const dir = await makeTempDir();
+    const paths = entryPaths(dir, 'k');
+    const seal = deferred();
+    let resolved = false;
+    const sealing = sealEntry(paths, writerSealedBy(seal.promise), {
+      createdAtMs: Date.UTC(2026, 0, 1),
+    }).then((pending) => {
+      resolved = true;
+      return pending;
+    });
+
+    // The manifest's tmp file is written while the payload's fsync has not ended...
+    const written = await waitFor(async () => {
+      const [name] = await tmpNames(dir);
+      return name !== undefined && (await fsp.stat(path.join(dir, name))).size > 0;
+    });
+    expect(written).toBe(true);
+    // ...but nothing may be renamed until that fsync has ended: the commit waits for both. (Given a moment
+    // to show itself, a sealEntry that did not wait would have resolved by now.)
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(resolved).toBe(false);
+
+    seal.resolve();
+    const pending = await sealing;
+    expect(JSON.parse(await fsp.readFile(pending.tmpPath, 'utf8'))).toMatchObject({
+      key: 'k',
+      size_bytes: 0,
+      sha256: SHA256_OF_NOTHING,
+      created_at: '2026-01-01T00:00:00.000Z',
+    });
+    expect(await fsp.readdir(dir)).toEqual([path.basename(pending.tmpPath)]);
+  });
+
+  it('removes the pending manifest again when the payload cannot be sealed (a failed fsync)', async () => {
+    const dir = await makeTempDir();
+    const paths = entryPaths(dir, 'k');
+    const eio = Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+
+    await expect(sealEntry(paths, writerSealedBy(Promise.reject(eio)), { createdAtMs: 0 })).rejects.toBe(eio);
+
+    expect(await fsp.readdir(dir)).toEqual([]);
+  });
+
+  it('fails when the pending manifest cannot be written, after the seal has ended', async () => {
+    const dir = await makeTempDir();
+    const paths = entryPaths(path.join(dir, 'gone'), 'k');
+
+    await expect(
+      sealEntry(paths, writerSealedBy(Promise.resolve()), { createdAtMs: 0 }),
+    ).rejects.toMatchObject({
+      code: 'ENOENT',
+    });
+  });
+});
+
+describe('commitEntry when a lock failed open (another writer publishes between our renames)', () => {
+  const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+  /** Writer A's entry, sealed and about to be committed; `race` runs where A checks its payload is still there. */
+  async function writerA(dir: string, race: () => Promise<void>) {
+    const paths = entryPaths(dir, 'k');
+    const writer = await PayloadWriter.create(paths.payload);
+    await writer.writeBody('bytes of A', new AbortController().signal);
+    const pending = await sealEntry(paths, writer, { createdAtMs: Date.UTC(2026, 0, 1) });
+    const isPublishedAt = writer.isPublishedAt.bind(writer);
+    writer.isPublishedAt = async (filePath: string) => {
+      await race();
+      return isPublishedAt(filePath);
+    };
+    return { paths, writer, pending };
+  }
+
+  /** Writer B publishing by rename, as commitEntry does: its payload, then (unless told not to) its manifest. */
+  async function publishB(dir: string, { manifest = true } = {}): Promise<string> {
+    const paths = entryPaths(dir, 'k');
+    const text = manifestText({
+      schema_version: 1,
+      key: 'k',
+      created_at: '2026-01-01T00:00:01.000Z',
+      size_bytes: 10,
+      sha256: sha256('bytes of B'),
+    });
+    await fsp.writeFile(`${paths.payload}.b`, 'bytes of B');
+    await fsp.rename(`${paths.payload}.b`, paths.payload);
+    if (manifest) {
+      await fsp.writeFile(`${paths.manifest}.b`, text);
+      await fsp.rename(`${paths.manifest}.b`, paths.manifest);
+    }
+    return text;
+  }
+
+  it("leaves B's manifest in place when B renamed both its payload and its manifest before A looked", async () => {
+    const dir = await makeTempDir();
+    let textOfB = '';
+    const { paths, writer, pending } = await writerA(dir, async () => {
+      textOfB = await publishB(dir);
+    });
+
+    await commitEntry(paths, writer, pending);
+
+    expect(await fsp.readFile(paths.payload, 'utf8')).toBe('bytes of B');
+    expect(await fsp.readFile(paths.manifest, 'utf8')).toBe(textOfB);
+    expect(await tmpNames(dir)).toEqual([]);
+  });
+
+  it("withdraws its own manifest when B's payload is in place but B's manifest is not yet: a miss", async () => {
+    const dir = await makeTempDir();
+    const { paths, writer, pending } = await writerA(dir, async () => {
+      await publishB(dir, { manifest: false });
+    });
+
+    await commitEntry(paths, writer, pending);
+
+    expect(await fsp.readFile(paths.payload, 'utf8')).toBe('bytes of B');
+    expect(await fsp.readdir(dir)).toEqual(['k']);
+  });
+});
