@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { PayloadWriter } from '../src/atomic-writer.js';
 import { entryPaths } from '../src/entry-paths.js';
-import { commitEntry, sealEntry } from '../src/entry-store.js';
+import { commitEntry, removeEntryIfUnchanged, sealEntry } from '../src/entry-store.js';
 import { manifestText } from '../src/manifest.js';
+import { lockHolder, tryLock } from '../src/soft-lock.js';
 import { makeTempDir, removeTempDirs } from './helpers.js';
 
 afterEach(removeTempDirs);
@@ -155,5 +156,46 @@ describe('commitEntry when a lock failed open (another writer publishes between 
 
     expect(await fsp.readFile(paths.payload, 'utf8')).toBe('bytes of B');
     expect(await fsp.readdir(dir)).toEqual(['k']);
+  });
+});
+
+describe('removeEntryIfUnchanged (what another eviction pass sees of a removal)', () => {
+  it('holds the entry lock as a removal: lockHolder reports `removing` while it checks the entry', async () => {
+    const dir = await makeTempDir();
+    const paths = entryPaths(dir, 'k');
+    const writer = await PayloadWriter.create(paths.payload);
+    await writer.writeBody('bytes', new AbortController().signal);
+    await commitEntry(paths, writer, await sealEntry(paths, writer, { createdAtMs: Date.UTC(2026, 0, 1) }));
+    // The removal's first look at the payload happens under its lock: the holder is asked about right then.
+    const seenDuringRemoval: string[] = [];
+    const lstat = fsp.lstat;
+    const spy = vi.spyOn(fsp, 'lstat').mockImplementation(async (...args: Parameters<typeof fsp.lstat>) => {
+      if (args[0] === paths.payload && seenDuringRemoval.length === 0) {
+        spy.mockImplementation(lstat as typeof fsp.lstat);
+        seenDuringRemoval.push(await lockHolder(paths.lock));
+      }
+      return lstat(...args);
+    });
+    try {
+      expect(await removeEntryIfUnchanged(paths, { sizeBytes: 5 }, 10_000)).toBe('removed');
+    } finally {
+      spy.mockRestore();
+    }
+    expect(seenDuringRemoval).toEqual(['removing']);
+    expect(await lockHolder(paths.lock)).toBe('free');
+  });
+
+  it('lockHolder tells a writer from a removal, and a lock whose owner file is not written yet', async () => {
+    const dir = await makeTempDir();
+    const lock = path.join(dir, 'k.lock');
+    const writerLock = await tryLock(lock, 10_000);
+    expect(await lockHolder(lock)).toBe('other');
+    await writerLock?.release();
+    const removal = await tryLock(lock, 10_000, undefined, 'remove-entry');
+    expect(await lockHolder(lock)).toBe('removing');
+    await removal?.release();
+    expect(await lockHolder(lock)).toBe('free');
+    await fsp.mkdir(lock);
+    expect(await lockHolder(lock)).toBe('unknown');
   });
 });
