@@ -160,7 +160,7 @@ describe('commitEntry when a lock failed open (another writer publishes between 
 });
 
 describe('removeEntryIfUnchanged (what another eviction pass sees of a removal)', () => {
-  it('holds the entry lock as a removal: lockHolder reports `removing` while it checks the entry', async () => {
+  it('holds the entry lock as a removal: lockHolder reports removing while it checks the entry', async () => {
     const dir = await makeTempDir();
     const paths = entryPaths(dir, 'k');
     const writer = await PayloadWriter.create(paths.payload);
