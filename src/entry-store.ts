@@ -189,19 +189,25 @@ export async function commitEntry(
   await renameWithRetry(pendingManifest, paths.manifest);
   await crashPoint('manifest-written');
   // Only a lock that failed open lets another writer rename its payload over ours in between; our manifest
-  // would then describe its bytes. Withdrawing it leaves a miss, and that writer's own manifest (renamed
-  // into place after its payload) restores the entry. That manifest may already be the one at the name:
-  // what was withdrawn is read back, and another writer's is put back (never over a newer one).
-  if (!(await writer.isPublishedAt(paths.payload))) {
-    const withdrawn = await retireManifest(paths.manifest);
-    if (withdrawn && (await readManifestText(withdrawn)) !== manifestText(manifest)) {
-      await restoreManifest(withdrawn, paths.manifest);
-    } else if (withdrawn) await removeFile(withdrawn).catch(() => {});
-  }
+  // would then describe its bytes, so we withdraw it and leave a miss until that writer's own manifest
+  // (renamed in after its payload) restores the entry.
+  if (!(await writer.isPublishedAt(paths.payload))) await withdrawOwnManifest(paths.manifest, manifest);
   await writer.close();
   await fsyncDir(paths.dir);
   if (retired) await removeFile(retired).catch(() => {});
   return manifest;
+}
+
+/**
+ * Withdraws the manifest at the name only if it is ours: another writer's there already describes its own
+ * payload, and stays. Should another's land between that look and the rename aside, it is withdrawn too and
+ * never put back: by then its payload may have been replaced as well, and a manifest put back over bytes it
+ * was not written for is a lie that outlives every writer, where a miss costs one download.
+ */
+async function withdrawOwnManifest(manifestPath: string, manifest: Manifest): Promise<void> {
+  if ((await readManifestText(manifestPath)) !== manifestText(manifest)) return;
+  const withdrawn = await retireManifest(manifestPath);
+  if (withdrawn) await removeFile(withdrawn).catch(() => {});
 }
 
 /**

@@ -157,6 +157,42 @@ describe('commitEntry when a lock failed open (another writer publishes between 
     expect(await fsp.readFile(paths.payload, 'utf8')).toBe('bytes of B');
     expect(await fsp.readdir(dir)).toEqual(['k']);
   });
+
+  it("never puts back a manifest that landed between A's look and its withdrawal: its payload may be gone too", async () => {
+    const dir = await makeTempDir();
+    const { paths, writer, pending } = await writerA(dir, async () => {
+      await publishB(dir, { manifest: false });
+    });
+    // A has read its own manifest and is renaming it aside; just before, B's manifest lands and then C, which
+    // dies before its own manifest, renames its payload over B's. B's manifest now describes bytes that are gone.
+    const rename = fsp.rename;
+    const spy = vi.spyOn(fsp, 'rename').mockImplementation(async (from, to) => {
+      if (from === paths.manifest) {
+        spy.mockImplementation(rename);
+        const textOfB = manifestText({
+          schema_version: 1,
+          key: 'k',
+          created_at: '2026-01-01T00:00:01.000Z',
+          size_bytes: 10,
+          sha256: sha256('bytes of B'),
+        });
+        await fsp.writeFile(`${paths.manifest}.b`, textOfB);
+        await rename(`${paths.manifest}.b`, paths.manifest);
+        await fsp.writeFile(`${paths.payload}.c`, 'bytes of C');
+        await rename(`${paths.payload}.c`, paths.payload);
+      }
+      return rename(from, to);
+    });
+    try {
+      await commitEntry(paths, writer, pending);
+    } finally {
+      spy.mockRestore();
+    }
+
+    // A miss (one more download), never B's manifest over C's bytes.
+    expect(await fsp.readFile(paths.payload, 'utf8')).toBe('bytes of C');
+    expect(await fsp.readdir(dir)).toEqual(['k']);
+  });
 });
 
 describe('removeEntryIfUnchanged (what another eviction pass sees of a removal)', () => {
