@@ -821,29 +821,40 @@ describe('abort', () => {
 });
 
 describe('abort while waiting', () => {
-  async function abortAfter(ms: number, run: (signal: AbortSignal) => Promise<unknown>) {
+  /**
+   * Aborts once `ready()` holds (the server has seen what the test is about), not after a guessed time: on a
+   * loaded machine the request may not even have reached the server within a fixed delay.
+   */
+  async function abortWhen(ready: () => boolean, run: (signal: AbortSignal) => Promise<unknown>) {
     const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), ms);
+    const timer = setInterval(() => {
+      if (ready()) controller.abort();
+    }, 10);
     const startedAt = performance.now();
     try {
       const error = await rejectionOf(run(controller.signal));
       return { error, elapsedMs: performance.now() - startedAt };
     } finally {
-      clearTimeout(timer);
+      clearInterval(timer);
     }
   }
 
   it('during a 30 s Retry-After: rejects at once with AbortError, no second request', async () => {
+    let answered = false;
     const server = await startServer((_req, res) => {
       res.writeHead(503, { 'retry-after': '30' });
-      res.end();
+      res.end(() => {
+        answered = true;
+      });
     });
-    const { error, elapsedMs } = await abortAfter(200, (signal) =>
-      cacheWith().getOrFetch(
-        KEY,
-        httpFetcher(server.url('/file'), { retryDelayMs: 5, maxRetryDelayMs: 60_000 }),
-        { signal },
-      ),
+    const { error, elapsedMs } = await abortWhen(
+      () => answered,
+      (signal) =>
+        cacheWith().getOrFetch(
+          KEY,
+          httpFetcher(server.url('/file'), { retryDelayMs: 5, maxRetryDelayMs: 60_000 }),
+          { signal },
+        ),
     );
     expect(error).toMatchObject({ name: 'AbortError' });
     expect(elapsedMs).toBeLessThan(10_000);
@@ -853,8 +864,9 @@ describe('abort while waiting', () => {
 
   it('while the server withholds the headers: rejects at once and closes the connection', async () => {
     const server = await startServer(() => {});
-    const { error, elapsedMs } = await abortAfter(200, (signal) =>
-      cacheWith().getOrFetch(KEY, httpFetcher(server.url('/file'), quick), { signal }),
+    const { error, elapsedMs } = await abortWhen(
+      () => server.requests.length > 0,
+      (signal) => cacheWith().getOrFetch(KEY, httpFetcher(server.url('/file'), quick), { signal }),
     );
     expect(error).toMatchObject({ name: 'AbortError' });
     expect(elapsedMs).toBeLessThan(10_000);
