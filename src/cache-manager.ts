@@ -107,7 +107,7 @@ export class CacheManager {
   readonly #evictionRequester: EvictionRequester = {
     // The policy (and the clock) as they are when the pass starts, not when it was asked for.
     evict: async (dir, spared, report) => {
-      await evict({ ...this.#policy(this.#scope()), dir }, spared, report);
+      await evict({ ...this.#policy(this.#scope()), dir }, spared, report, { remember: true });
     },
     removed: (report) => this.#observer.evicted(report.removed),
     failed: (error, dir, latestKey) => this.#observer.evictionFailed(latestKey, dir, error),

@@ -94,12 +94,25 @@ export async function readSublayer(dir: string): Promise<SublayerListing> {
   return byName;
 }
 
+/** A payload's size and last use, as an `lstat` found them. */
+export interface PayloadFacts {
+  readonly sizeBytes: number;
+  readonly lastUsedAtMs: number;
+}
+
 /** How a scan reads: the listing it already has, and how many `lstat`s it may have in flight. */
 export interface ScanOptions {
   /** From {@link readSublayer}, when the caller has just read it; else the scan reads it. */
   readonly listing?: SublayerListing;
   /** Default 64. */
   readonly concurrency?: number;
+  /**
+   * Payload facts from earlier scans, by file name: a regular file found here is not `lstat`ed again, and
+   * the facts of every payload `lstat`ed are added. Remembered facts may be stale (a use elsewhere moves
+   * the mtime), so only a caller that re-checks an entry before acting on it may pass this: eviction does,
+   * under the entry's lock.
+   */
+  readonly remembered?: Map<string, PayloadFacts>;
 }
 
 /**
@@ -131,6 +144,12 @@ export async function scanSublayer(dir: string, options: ScanOptions = {}): Prom
   const foreign = (name: string, reason: ForeignItem['reason']) => {
     scan.foreign.push({ path: path.join(dir, name), reason });
   };
+  const addPayload = async (key: string, { sizeBytes, lastUsedAtMs }: PayloadFacts) => {
+    const paths = entryPaths(dir, key);
+    if (await isRegularFile(path.basename(paths.manifest)))
+      scan.entries.push({ paths, sizeBytes, lastUsedAtMs });
+    else scan.lonePayloads.push({ paths, sizeBytes, mtimeMs: lastUsedAtMs });
+  };
   await forEachLimited(dirents, options.concurrency ?? 64, async (dirent) => {
     const name = dirent.name;
     const kind = classifyName(name);
@@ -146,6 +165,8 @@ export async function scanSublayer(dir: string, options: ScanOptions = {}): Prom
       else if (!(await isRegularFile(kind.key))) scan.loneManifests.push(entryPaths(dir, kind.key));
       return;
     }
+    const known = dirent.isFile() ? options.remembered?.get(name) : undefined;
+    if (known && kind.kind === 'payload') return addPayload(kind.key, known);
     const stats = await lstatOrUndefined(path.join(dir, name));
     if (!stats) return; // gone since the readdir
     if (kind.kind === 'tmp') {
@@ -162,12 +183,9 @@ export async function scanSublayer(dir: string, options: ScanOptions = {}): Prom
       return;
     }
     if (!stats.isFile()) return foreign(name, 'not-a-regular-file');
-    const paths = entryPaths(dir, kind.key);
-    if (await isRegularFile(path.basename(paths.manifest))) {
-      scan.entries.push({ paths, sizeBytes: stats.size, lastUsedAtMs: lastUsedAtMs(stats) });
-    } else {
-      scan.lonePayloads.push({ paths, sizeBytes: stats.size, mtimeMs: lastUsedAtMs(stats) });
-    }
+    const facts = { sizeBytes: stats.size, lastUsedAtMs: lastUsedAtMs(stats) };
+    options.remembered?.set(name, facts);
+    return addPayload(kind.key, facts);
   });
   return scan;
 }

@@ -3,7 +3,7 @@ import diagnosticsChannel from 'node:diagnostics_channel';
 import { existsSync, promises as fsp, renameSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { backgroundEviction, backgroundSweep } from '../src/cache-manager.js';
 import {
   BulkPayloadCorruptError,
@@ -440,6 +440,40 @@ describe('eviction', () => {
     clock.advance(1_000);
     await write(cache, 'd');
     expect(await keysOf(cache)).toEqual(['a', 'c', 'd']);
+  });
+
+  it("a pass lstats only the payloads that are new since this process's last pass, and its victim", async () => {
+    const cache = cacheWith({ keepN: 20, ...noGrace });
+    // The 21st write's pass is the first to scan: it lstats all 21 payloads and evicts k00.
+    for (let index = 0; index < 21; index += 1) await write(cache, `k${String(index).padStart(2, '0')}`);
+    const lstatted = new Set<string>();
+    const lstat = fsp.lstat;
+    const spy = vi.spyOn(fsp, 'lstat').mockImplementation((async (...args: Parameters<typeof fsp.lstat>) => {
+      lstatted.add(path.basename(String(args[0])));
+      return lstat(...args);
+    }) as typeof fsp.lstat);
+    try {
+      await write(cache, 'new');
+    } finally {
+      spy.mockRestore();
+    }
+    expect(await keysOf(cache)).not.toContain('k01');
+    expect([...lstatted].filter((name) => /^k\d\d$/.test(name))).toEqual(['k01']);
+  });
+
+  it('an entry used elsewhere since the last pass is not evicted on stale facts: the least recently used goes', async () => {
+    const cache = cacheWith({ keepN: 3, ...noGrace });
+    for (const key of ['a', 'b', 'c', 'd']) await write(cache, key);
+    // The pass after d scanned and remembered every payload, and evicted a.
+    expect(await keysOf(cache)).toEqual(['b', 'c', 'd']);
+    // Another process hits b: only its mtime moves, which this process has not seen.
+    const usedAt = new Date(clock.now());
+    await fsp.utimes(path.join(dirOf(), 'b'), usedAt, usedAt);
+    clock.advance(1_000);
+    await write(cache, 'e');
+    // b, remembered as the oldest, is found used when it is re-checked under its lock: c goes instead, and
+    // the sublayer is at keepN (counting b as gone would have left 4).
+    expect(await keysOf(cache)).toEqual(['b', 'd', 'e']);
   });
 
   it('evicts by maxBytes', async () => {

@@ -2,7 +2,7 @@ import path from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { entryPaths } from '../src/entry-paths.js';
-import { evictionOrder, evictionShield, inEvictionOrder } from '../src/evictor.js';
+import { EvictionQueue, evictionOrder, evictionShield, inEvictionOrder } from '../src/evictor.js';
 import type { ScannedEntry } from '../src/sublayer-scan.js';
 
 const DIR = path.join(path.sep, 'cache', 'imf');
@@ -53,6 +53,31 @@ describe('evictionOrder', () => {
             step.done ? [] : [step.value],
           );
           expect(keys(firstThree)).toEqual(keys([...entries].sort(byUseThenKey).slice(0, 3)));
+        },
+      ),
+    );
+  });
+});
+
+describe('EvictionQueue', () => {
+  it('gives back an entry put back with a later use in its new place, for any input', () => {
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.tuple(fc.string({ minLength: 1, maxLength: 3 }), fc.integer({ min: 0, max: 20 })), {
+          selector: ([key]) => key,
+          minLength: 1,
+          maxLength: 60,
+        }),
+        fc.integer({ min: 0, max: 40 }),
+        (pairs, laterBy) => {
+          const queue = new EvictionQueue(pairs.map(([key, usedAtMs]) => entry(key, usedAtMs)));
+          const first = queue.next() as ScannedEntry;
+          const usedAgain = entry(first.paths.key, first.lastUsedAtMs + laterBy);
+          queue.push(usedAgain);
+          const rest: ScannedEntry[] = [];
+          for (let next = queue.next(); next; next = queue.next()) rest.push(next);
+          const others = pairs.filter(([key]) => key !== first.paths.key).map(([key, at]) => entry(key, at));
+          expect(keys(rest)).toEqual(keys(evictionOrder([...others, usedAgain])));
         },
       ),
     );
