@@ -154,7 +154,10 @@ function memoryOf(dir: string): SublayerMemory {
 
 /** How a pass may read the sublayer. */
 export interface EvictOptions {
-  /** Skip the `lstat` of payloads an earlier pass of this process saw (see {@link SublayerMemory}). */
+  /**
+   * Skip the `lstat` of payloads an earlier pass of this process saw (see {@link SublayerMemory}); only
+   * without `maxBytes`.
+   */
   readonly remember?: boolean;
 }
 
@@ -176,7 +179,12 @@ export async function evict(
   const listing = await readSublayer(policy.dir);
   // Without a byte limit, names alone tell whether anything must go: no stat of every payload per write.
   if (policy.maxBytes === Number.POSITIVE_INFINITY && manifestCount(listing) <= policy.keepN) return report;
-  const remembered = options.remember ? memoryOf(policy.dir).payloads : undefined;
+  // Remembered facts are good for the order only: a stale one is caught when its entry is picked. Sizes
+  // summed for maxBytes would not be: an entry replaced by a bigger one elsewhere would go uncounted.
+  const remembered =
+    options.remember && policy.maxBytes === Number.POSITIVE_INFINITY
+      ? memoryOf(policy.dir).payloads
+      : undefined;
   if (remembered) for (const name of remembered.keys()) if (!listing.has(name)) remembered.delete(name);
   const scanned = await scanSublayer(policy.dir, { listing, concurrency: SCAN_AT_ONCE, remembered });
   const { entries, extractions } = scanned;

@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import diagnosticsChannel from 'node:diagnostics_channel';
 import { existsSync, promises as fsp, renameSync, symlinkSync } from 'node:fs';
 import path from 'node:path';
@@ -480,6 +481,31 @@ describe('eviction', () => {
     const cache = cacheWith({ keepN: Number.POSITIVE_INFINITY, maxBytes: 25, ...noGrace });
     for (const key of ['a', 'b', 'c']) await write(cache, key, key.repeat(10));
     expect(await keysOf(cache)).toEqual(['b', 'c']);
+  });
+
+  it('maxBytes holds after a pass though another process replaced an entry with a bigger one since the last', async () => {
+    const cache = cacheWith({ keepN: Number.POSITIVE_INFINITY, maxBytes: 30, ...noGrace });
+    for (const key of ['a', 'b']) await write(cache, key, key.repeat(10));
+    // Another process republishes b with 25 bytes, as a commit does: payload, then its manifest.
+    const bigger = 'B'.repeat(25);
+    const paths = { payload: path.join(dirOf(), 'b'), manifest: path.join(dirOf(), 'b.manifest.json') };
+    const manifest = JSON.parse(await fsp.readFile(paths.manifest, 'utf8'));
+    await fsp.writeFile(`${paths.payload}.other`, bigger);
+    const usedAt = new Date(clock.now());
+    await fsp.utimes(`${paths.payload}.other`, usedAt, usedAt);
+    await fsp.rename(`${paths.payload}.other`, paths.payload);
+    const republished = {
+      ...manifest,
+      size_bytes: 25,
+      sha256: createHash('sha256').update(bigger).digest('hex'),
+    };
+    await fsp.writeFile(`${paths.manifest}.other`, JSON.stringify(republished));
+    await fsp.rename(`${paths.manifest}.other`, paths.manifest);
+    clock.advance(1_000);
+    await write(cache, 'c', 'c'.repeat(10));
+    // 45 bytes: a goes, then b (c was just written). A pass going by b's remembered 10 bytes saw 30 and
+    // removed nothing.
+    expect(await keysOf(cache)).toEqual(['c']);
   });
 
   it('never evicts the key just written, even when it alone exceeds maxBytes', async () => {
