@@ -127,8 +127,9 @@ const HOLDER_LOOK_DELAY_MS = 10;
  * the payloads that are new since the last one. Measured with 8 processes writing into one sublayer with
  * keepN 1,000: every write asks for a pass, and `lstat`ing every payload each time was most of their CPU.
  * A remembered fact can be stale (a reader elsewhere touched the entry); a victim is re-checked under its
- * lock anyway, and one found changed is looked at again and goes back into the order. Everything is
- * `lstat`ed afresh now and then, and a sublayer no pass has looked at for a while is forgotten.
+ * lock anyway, and one found changed is looked at again and goes back into the order. Only an mtime moved
+ * backwards (a host whose clock is behind) goes unseen, so everything is `lstat`ed afresh every 5 minutes
+ * (at 100,000 entries that pass takes seconds), and a sublayer no pass has looked at for 30 s is forgotten.
  */
 interface SublayerMemory {
   readonly payloads: Map<string, PayloadFacts>;
@@ -136,7 +137,8 @@ interface SublayerMemory {
   forget?: NodeJS.Timeout;
 }
 
-const MEMORY_REFRESH_MS = 30_000;
+const MEMORY_REFRESH_MS = 300_000;
+const MEMORY_IDLE_MS = 30_000;
 const memories = new Map<string, SublayerMemory>();
 
 function memoryOf(dir: string): SublayerMemory {
@@ -148,7 +150,7 @@ function memoryOf(dir: string): SublayerMemory {
     memories.set(dir, memory);
   }
   if (memory.forget) clearTimeout(memory.forget);
-  memory.forget = setTimeout(() => memories.delete(dir), MEMORY_REFRESH_MS).unref();
+  memory.forget = setTimeout(() => memories.delete(dir), MEMORY_IDLE_MS).unref();
   return memory;
 }
 
