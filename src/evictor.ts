@@ -124,9 +124,8 @@ const HOLDER_LOOK_DELAY_MS = 10;
 
 /**
  * What background passes of this process remember of each sublayer's payloads, so that a pass `lstat`s only
- * the payloads that are new since the last one. Measured with 8 processes writing into one sublayer with
- * keepN 1,000: every write asks for a pass, and `lstat`ing every payload each time was most of their CPU.
- * A remembered fact can be stale (a reader elsewhere touched the entry); a victim is re-checked under its
+ * the payloads that are new since the last one: a lone pass went from ~400 ms to ~70 ms at 10,000 entries
+ * and from ~4.4 s to ~1 s at 100,000 (docs/benchmarks.md, run 7). A remembered fact can be stale (a reader elsewhere touched the entry); a victim is re-checked under its
  * lock anyway, and one found changed is looked at again and goes back into the order. Only an mtime moved
  * backwards (a host whose clock is behind) goes unseen, so everything is `lstat`ed afresh every 5 minutes
  * (at 100,000 entries that pass takes seconds), and a sublayer no pass has looked at for 30 s is forgotten.
@@ -188,8 +187,11 @@ export async function evict(
       ? memoryOf(policy.dir).payloads
       : undefined;
   if (remembered) for (const name of remembered.keys()) if (!listing.has(name)) remembered.delete(name);
-  const scanned = await scanSublayer(policy.dir, { listing, concurrency: SCAN_AT_ONCE, remembered });
-  const { entries, extractions } = scanned;
+  const { entries, extractions } = await scanSublayer(policy.dir, {
+    listing,
+    concurrency: SCAN_AT_ONCE,
+    remembered,
+  });
   const extractionBytes = await extractionBytesByKey(extractions);
   const bytesOf = (entry: ScannedEntry) => entry.sizeBytes + (extractionBytes.get(entry.paths.key) ?? 0);
   const totals = { count: entries.length, bytes: entries.reduce((sum, entry) => sum + bytesOf(entry), 0) };
