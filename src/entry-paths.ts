@@ -26,6 +26,7 @@ const WINDOWS_RESERVED = /^(con|prn|aux|nul|com[0-9¹²³]|lpt[0-9¹²³])(\..*)
 // Besides `/` and `\`, characters Windows and SMB refuse in names; `:` would even open an NTFS stream.
 // With the u flag, paired surrogates are one code point; only lone halves match this range.
 const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+const LAST_CODE_POINT = '\u{10FFFF}';
 const FORBIDDEN_CHARACTERS = /[/\\<>:"|?*]/;
 // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are exactly what it rejects
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f]/;
@@ -67,6 +68,10 @@ export function portableNameProblem(name: string, maxBytes: number = MAX_NAME_BY
   if (name.length === 0) return 'must not be empty';
   // A lone surrogate encodes as U+FFFD in a file name: two such names would share one file.
   if (LONE_SURROGATE.test(name)) return 'must be well-formed Unicode (no lone surrogates)';
+  // Node on Windows aborts the whole process (a libuv assertion, not an error) on any path holding U+10FFFF,
+  // and on a directory listing that holds such a name (nodejs/node#65060; seen under Wine).
+  if (name.includes(LAST_CODE_POINT))
+    return 'must not contain U+10FFFF (Node on Windows aborts on such a path)';
   if (Buffer.byteLength(name, 'utf8') > maxBytes) return `must be at most ${maxBytes} UTF-8 bytes`;
   if (name.includes('\u0000')) return 'must not contain NUL';
   if (CONTROL_CHARACTERS.test(name)) return 'must not contain control characters';

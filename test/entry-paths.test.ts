@@ -66,6 +66,7 @@ describe('validateKey rejects hostile keys, naming the rule', () => {
     ['a trailing dot', 'data.', /dot/],
     ['a trailing space', 'data ', /space/],
     ['a colon (NTFS stream)', 'a:b', /:/],
+    ['U+10FFFF (Node on Windows aborts on such a path)', 'a\u{10FFFF}b', /U\+10FFFF/],
     ['a number', 42, /string/],
     ['null', null, /string/],
     ['undefined', undefined, /string/],
@@ -108,6 +109,9 @@ describe('validateKey accepts good keys unchanged', () => {
     'tmp.b',
     'a'.repeat(200),
     'é'.repeat(100),
+    // Its neighbours are fine: only U+10FFFF trips the libuv assertion.
+    'a\u{10FFFE}b',
+    'a\u{10FFFD}b',
   ];
 
   it.each(good)('%s', (key) => {
