@@ -60,6 +60,7 @@ describe('safeSegments refuses names that could land outside the extraction or n
     ['what?', 'unportable-name'],
     ['bell\u0007', 'unportable-name'],
     ['nul\u0000byte', 'unportable-name'],
+    ['max\u{10FFFF}code-point.txt', 'unportable-name'],
     [`${'a'.repeat(256)}`, 'unportable-name'],
     ['lone\uD800half', 'unportable-name'],
   ];
