@@ -141,15 +141,15 @@ const MEMORY_IDLE_MS = 30_000;
 const memories = new Map<string, SublayerMemory>();
 
 function memoryOf(dir: string): SublayerMemory {
-  let memory = memories.get(dir);
   const nowMs = performance.now();
-  if (!memory || nowMs - memory.fullScanAtMs > MEMORY_REFRESH_MS) {
-    if (memory?.forget) clearTimeout(memory.forget);
-    memory = { payloads: new Map(), fullScanAtMs: nowMs };
-    memories.set(dir, memory);
-  }
-  if (memory.forget) clearTimeout(memory.forget);
+  const previous = memories.get(dir);
+  if (previous?.forget) clearTimeout(previous.forget);
+  const memory =
+    previous && nowMs - previous.fullScanAtMs <= MEMORY_REFRESH_MS
+      ? previous
+      : { payloads: new Map<string, PayloadFacts>(), fullScanAtMs: nowMs };
   memory.forget = setTimeout(() => memories.delete(dir), MEMORY_IDLE_MS).unref();
+  memories.set(dir, memory);
   return memory;
 }
 
