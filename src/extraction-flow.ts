@@ -8,7 +8,7 @@ import {
   touchExtraction,
 } from './extraction-on-disk.js';
 import type { PreparedExtraction } from './extraction-store.js';
-import type { CreateModes } from './file-system.js';
+import { type CreateModes, sha256OfFile } from './file-system.js';
 import type { Freshness } from './manifest.js';
 import type { Observer } from './observability.js';
 import type { ExtractionRequest } from './options.js';
@@ -122,7 +122,7 @@ export class ExtractionFlow {
 
   /** The payload's sha256, for an old manifest without one; recorded in it so that this happens once. */
   async #hashAndRecord(paths: EntryPaths): Promise<string> {
-    const sha256 = await (await extractionStore()).sha256OfFile(paths.payload);
+    const sha256 = await sha256OfFile(paths.payload);
     await recordSha256(paths, sha256, this.#settings.modes);
     return sha256;
   }

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { constants, createReadStream, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -15,7 +14,7 @@ import {
   tmpPathFor,
 } from './entry-paths.js';
 import { touchFile } from './entry-store.js';
-import { type CreateModes, errorCode } from './file-system.js';
+import { type CreateModes, errorCode, sha256OfFile } from './file-system.js';
 import { whileLocked } from './soft-lock.js';
 import type { ScannedExtraction } from './sublayer-scan.js';
 
@@ -342,21 +341,12 @@ export async function checkExtractionFiles(
         continue;
       }
       if (!stats?.isFile() || stats.size !== file.size_bytes) return 'size-mismatch';
-      if (file.sha256 !== undefined && (await sha256Of(filePath)) !== file.sha256) hashProblem = true;
+      if (file.sha256 !== undefined && (await sha256OfFile(filePath).catch(() => undefined)) !== file.sha256)
+        hashProblem = true;
     }
   } catch {
     return 'size-mismatch'; // no list, or not one the cache wrote: the tree cannot be vouched for
   }
   if (marker.file_count !== undefined && listed !== marker.file_count) return 'size-mismatch';
   return hashProblem ? 'hash-mismatch' : undefined;
-}
-
-async function sha256Of(filePath: string): Promise<string | undefined> {
-  const hash = createHash('sha256');
-  try {
-    for await (const chunk of createReadStream(filePath)) hash.update(chunk as Buffer);
-  } catch {
-    return undefined;
-  }
-  return hash.digest('hex');
 }

@@ -1,5 +1,4 @@
-import { createHash } from 'node:crypto';
-import { createReadStream, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { type ExtractOptions, extractArchive, gzipFileNameFor } from './archive-extract.js';
 import { writeFileAtomic } from './atomic-writer.js';
@@ -140,14 +139,4 @@ function fileListText(files: readonly ExtractedFile[]): string {
       return `${JSON.stringify(line)}\n`;
     })
     .join('');
-}
-
-/**
- * The sha256 of a committed payload, for an entry whose manifest records none (written by imf_reader): the
- * extraction's name needs it. Costs a full read of the archive, under the key's lock.
- */
-export async function sha256OfFile(filePath: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(filePath)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
 }

@@ -1,4 +1,5 @@
-import { constants, promises as fsp, type Stats } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { constants, createReadStream, promises as fsp, type Stats } from 'node:fs';
 import path from 'node:path';
 import { sleep } from './abort.js';
 import { ForeignFileError, PayloadCacheError } from './errors.js';
@@ -192,4 +193,11 @@ export async function fsyncDir(dir: string): Promise<void> {
   } finally {
     await handle?.close().catch(() => {});
   }
+}
+
+/** The sha256 of a file's bytes, read whole. */
+export async function sha256OfFile(filePath: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(filePath)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
 }

@@ -1,5 +1,4 @@
-import { createHash } from 'node:crypto';
-import { createReadStream, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { type EntryPaths, entryPaths, extractionOfName, MANIFEST_SUFFIX } from './entry-paths.js';
 import { lastUsedAtMs, lookupEntry, removeEntryIfUnchanged, retireManifest } from './entry-store.js';
@@ -13,7 +12,7 @@ import {
   removeExtractionIfUnchanged,
   removeExtractionTree,
 } from './extraction-on-disk.js';
-import { type CreateModes, errorCode, lstatOrUndefined, removeFile } from './file-system.js';
+import { type CreateModes, errorCode, lstatOrUndefined, removeFile, sha256OfFile } from './file-system.js';
 import {
   describesKey,
   type Freshness,
@@ -684,11 +683,7 @@ function extractionNameOf(dir: string): { key: string; shaPrefix: string } | und
 
 async function hashMismatch(entry: ReadEntry): Promise<'hash-mismatch' | undefined> {
   if (!entry.manifest?.sha256) return undefined;
-  const hash = createHash('sha256');
-  try {
-    for await (const chunk of createReadStream(entry.paths.payload)) hash.update(chunk as Buffer);
-  } catch {
-    return undefined; // gone or replaced since the scan: nothing to judge
-  }
-  return hash.digest('hex') === entry.manifest.sha256 ? undefined : 'hash-mismatch';
+  const sha256 = await sha256OfFile(entry.paths.payload).catch(() => undefined);
+  // Unreadable means gone or replaced since the scan: nothing to judge.
+  return sha256 === undefined || sha256 === entry.manifest.sha256 ? undefined : 'hash-mismatch';
 }

@@ -158,6 +158,24 @@ describe('commitEntry when a lock failed open (another writer publishes between 
     expect(await fsp.readdir(dir)).toEqual(['k']);
   });
 
+  // Samba moves a file's mtime to the time of its last write some time after the client set it (the SMB
+  // lane saw it on about one write in thirty): the sealed mtime is then no proof either way.
+  it("keeps its manifest when only the payload's mtime moved after the seal, as a Samba server moves it", async () => {
+    const dir = await makeTempDir();
+    const { paths, writer, pending } = await writerA(dir, async () => {
+      const later = new Date(Date.UTC(2026, 0, 1, 0, 0, 1, 505));
+      await fsp.utimes(paths.payload, later, later);
+    });
+
+    await commitEntry(paths, writer, pending);
+
+    expect(await fsp.readFile(paths.payload, 'utf8')).toBe('bytes of A');
+    expect(JSON.parse(await fsp.readFile(paths.manifest, 'utf8'))).toMatchObject({
+      sha256: sha256('bytes of A'),
+    });
+    expect(await tmpNames(dir)).toEqual([]);
+  });
+
   it("never puts back a manifest that landed between A's look and its withdrawal: its payload may be gone too", async () => {
     const dir = await makeTempDir();
     const { paths, writer, pending } = await writerA(dir, async () => {

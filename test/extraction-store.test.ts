@@ -4,7 +4,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { extractionPaths } from '../src/entry-paths.js';
 import { ArchiveUnsafeError } from '../src/errors.js';
 import { lookupExtraction, removeExtractionTree } from '../src/extraction-on-disk.js';
-import { prepareExtraction, sha256OfFile } from '../src/extraction-store.js';
+import { prepareExtraction } from '../src/extraction-store.js';
+import { sha256OfFile } from '../src/file-system.js';
 import { buildZip } from './archive-builders.js';
 import {
   makeTempDir,

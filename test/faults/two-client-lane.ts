@@ -303,6 +303,11 @@ function defineMode(
         );
 
         // Principle 2, in both modes: no torn or mixed entry, no committed entry lost, right bytes served.
+        // Each lost or mismatched iteration with its problems, so that a failure says what the disk held.
+        const broken = result.iterations.filter((it) => it.entryLost || it.mismatches.length > 0);
+        expect(
+          broken.map((it) => ({ label: it.label, afterKill: it.afterKill, problems: it.problems })),
+        ).toEqual([]);
         expect(result.mismatches).toBe(0);
         expect(result.entriesLost).toBe(0);
         for (const iteration of result.iterations) {
