@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it, type TestContext } from 'vitest';
 import { CacheManager } from '../../src/index.js';
 import { tryLock } from '../../src/soft-lock.js';
+import { runExtractRace } from '../extract-race.js';
 import { patternBytes, sha256 } from '../helpers.js';
 import { recordFigures } from '../reliability/figures.js';
 import { runCrashAtEveryPhase } from '../reliability/harness/crash.js';
@@ -399,6 +400,45 @@ function defineMode(
             )
             .join('; '),
         );
+      },
+      SCENARIO_TIMEOUT_MS,
+    );
+
+    // getOrExtract from both clients at once (issue 15): four processes per mount race for one new archive.
+    // Whatever the caching, every process must be served the archive's exact tree (principle 1: never a torn
+    // or mixed one). With caching off the lock is exact, so one download and one extraction serve all; with
+    // default caching duplicates are allowed, and a second extraction of the same archive finds the first
+    // published (`already-published`) or publishes the same tree.
+    it(
+      'getOrExtract: 4 processes on each client race for one new archive and all get its exact tree',
+      async (ctx) => {
+        const { mntA, mntB, export: exported } = requireLab(ctx);
+        const work = fs.mkdtempSync(path.join(os.tmpdir(), `payload-cache-${name}-extract-`));
+        try {
+          const race = await runExtractRace({
+            work,
+            roots: [mntA, mntB],
+            processes: 8,
+            sublayer: 'extract',
+            key: `race-${mode}.zip`,
+          });
+          expect(race.results.filter((result) => result.event !== 'done')).toEqual([]);
+          for (const result of race.results) expect(result.files).toEqual(race.expected);
+          const published = race.results
+            .flatMap((result) => result.extractions)
+            .filter((outcome) => outcome === 'published');
+          if (lockIsExact) {
+            expect(race.fetches).toBe(1);
+            expect(published).toHaveLength(1);
+          } else {
+            expect(race.fetches).toBeGreaterThanOrEqual(1);
+          }
+          // Listed on the server: a client's directory cache may be seconds old.
+          const names = fs.readdirSync(path.join(exported, 'extract'));
+          expect(names.filter((entry) => /\.extracted\.[0-9a-f]{16}$/.test(entry))).toHaveLength(1);
+        } finally {
+          fs.rmSync(work, { recursive: true, force: true });
+        }
       },
       SCENARIO_TIMEOUT_MS,
     );
