@@ -183,11 +183,11 @@ export class CacheManager {
     if (isOffline(this.#settings)) {
       return delivery.kind === 'payload'
         ? this.#serveOffline(key, scope)
-        : this.#extractions.serveAsIs(paths, scope.freshness, scope.root, this.sublayer);
+        : this.#extractions.serveAsIs(scope.layers, key, scope.freshness, this.sublayer);
     }
-    if (!refresh && delivery.kind === 'payload') {
-      const shared = await findInLayers(scope.layers.slice(1), key, scope.freshness, false);
-      if (shared) return this.#serveLayered(shared, scope);
+    if (!refresh) {
+      const served = await this.#serveFromReadOnlyLayers(key, scope, delivery);
+      if (served !== undefined) return served;
     }
     try {
       return await flights.run(flightKey, refresh, options.signal, (signal) =>
@@ -250,7 +250,7 @@ export class CacheManager {
     const scope = this.#scope();
     if (delivery.kind === 'extraction') {
       const served = await this.#extractions
-        .serveAsIs(paths, scope.freshness, scope.root, this.sublayer)
+        .serveAsIs(scope.layers, paths.key, scope.freshness, this.sublayer)
         .catch(() => undefined);
       if (served === undefined) throw error;
       this.#observer.staleServed(paths.key, served, error);
@@ -462,6 +462,18 @@ export class CacheManager {
     await touchEntry(paths, found.lastUsedAtMs, scope.nowMs, this.#settings.touchIntervalMs);
     this.#observer.hit(paths.key, paths.payload);
     return paths.payload;
+  }
+
+  /** A fresh entry (for getOrExtract, a fresh archive and its extraction) in a read-only layer, served in place. */
+  async #serveFromReadOnlyLayers(key: string, scope: Scope, delivery: Delivery): Promise<string | undefined> {
+    const readOnlyLayers = scope.layers.slice(1);
+    if (readOnlyLayers.length === 0) return undefined;
+    if (delivery.kind === 'extraction') {
+      const shared = await this.#extractions.findInLayers(readOnlyLayers, key, scope.freshness, false);
+      return shared && this.#extractions.serveLayered(shared, scope.nowMs);
+    }
+    const shared = await findInLayers(readOnlyLayers, key, scope.freshness, false);
+    return shared && this.#serveLayered(shared, scope);
   }
 
   /** Serves an entry from whichever layer it is in; only the own root records the use. */

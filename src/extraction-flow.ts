@@ -9,6 +9,7 @@ import {
 } from './extraction-on-disk.js';
 import type { PreparedExtraction } from './extraction-store.js';
 import { type CreateModes, sha256OfFile } from './file-system.js';
+import { firstInLayers, type Layer } from './layers.js';
 import type { Freshness } from './manifest.js';
 import type { Observer } from './observability.js';
 import type { ExtractionRequest } from './options.js';
@@ -23,6 +24,14 @@ export interface LocatedExtraction {
 }
 
 type Committed = Exclude<EntryState, { state: 'absent' }>;
+
+/** An archive entry and its extraction, found in one of the layers. */
+export interface LayeredExtraction {
+  readonly layer: Layer;
+  readonly paths: EntryPaths;
+  readonly found: Committed;
+  readonly located: LocatedExtraction;
+}
 
 /** What the flow needs of its manager's settings. */
 export interface ExtractionSettings {
@@ -91,12 +100,48 @@ export class ExtractionFlow {
     return target.content;
   }
 
-  /** Offline or after a failure: an existing extraction of the entry as it is (fresh or expired), or a miss. */
-  async serveAsIs(paths: EntryPaths, freshness: Freshness, root: string, sublayer: string): Promise<string> {
-    const found = await lookupEntry(paths, freshness);
-    const located = found.state === 'absent' ? undefined : await this.find(paths, found);
-    if (!located) throw new OfflineMissError(paths.key, sublayer, [root]);
-    return this.serve(paths, found.state === 'absent' ? undefined : found, located, freshness.nowMs);
+  /**
+   * Offline or after a failure: an existing extraction of the key as it is, from any layer (the first fresh
+   * archive with its extraction in layer order, else the first expired one), or a typed miss.
+   */
+  async serveAsIs(
+    layers: readonly Layer[],
+    key: string,
+    freshness: Freshness,
+    sublayer: string,
+  ): Promise<string> {
+    const layered = await this.findInLayers(layers, key, freshness, true);
+    if (!layered)
+      throw new OfflineMissError(
+        key,
+        sublayer,
+        layers.map((layer) => layer.root),
+      );
+    return this.serveLayered(layered, freshness.nowMs);
+  }
+
+  /**
+   * The extraction the layers offer for `key`: the first archive that is fresh and extracted, in layer order;
+   * with `orExpired`, failing that, the first expired one that is extracted. `undefined` when none is. An
+   * archive a read-only layer holds without its extraction is passed over: the cache cannot extract there.
+   */
+  async findInLayers(
+    layers: readonly Layer[],
+    key: string,
+    freshness: Freshness,
+    orExpired: boolean,
+  ): Promise<LayeredExtraction | undefined> {
+    return firstInLayers(layers, key, freshness, orExpired, async (entry) => {
+      const located = await this.find(entry.paths, entry.found);
+      return located && { ...entry, located };
+    });
+  }
+
+  /** Serves an extraction from whichever layer it is in; only the own root records the use. */
+  async serveLayered({ layer, paths, found, located }: LayeredExtraction, nowMs: number): Promise<string> {
+    if (!layer.readOnly) return this.serve(paths, found, located, nowMs);
+    this.#observer.hit(paths.key, located.target.content);
+    return located.target.content;
   }
 
   /**

@@ -32,18 +32,35 @@ export function layersOf(ownRoot: string, readOnlyRoots: readonly string[], subl
  * The entry for `key` that the layers offer: the first fresh one in layer order; with `orExpired`, failing
  * that, the first expired one (what offline mode and `staleIfError` may serve). `undefined` when none.
  */
-export async function findInLayers(
+export function findInLayers(
   layers: readonly Layer[],
   key: string,
   freshness: Freshness,
   orExpired: boolean,
 ): Promise<LayeredEntry | undefined> {
-  let firstExpired: LayeredEntry | undefined;
+  return firstInLayers(layers, key, freshness, orExpired, async (entry) => entry);
+}
+
+/**
+ * What `servable` makes of the layers' entries for `key`, by the order of {@link findInLayers}: an entry for
+ * which it answers `undefined` (an archive without its extraction, say) is passed over.
+ */
+export async function firstInLayers<T>(
+  layers: readonly Layer[],
+  key: string,
+  freshness: Freshness,
+  orExpired: boolean,
+  servable: (entry: LayeredEntry) => Promise<T | undefined>,
+): Promise<T | undefined> {
+  let firstExpired: T | undefined;
   for (const layer of layers) {
     const paths = entryPaths(layer.dir, key);
     const found = await lookupEntry(paths, freshness);
-    if (found.state === 'fresh') return { layer, paths, found };
-    if (found.state === 'expired') firstExpired ??= { layer, paths, found };
+    if (found.state === 'absent' || (found.state === 'expired' && (!orExpired || firstExpired))) continue;
+    const served = await servable({ layer, paths, found });
+    if (served === undefined) continue;
+    if (found.state === 'fresh') return served;
+    firstExpired = served;
   }
-  return orExpired ? firstExpired : undefined;
+  return firstExpired;
 }

@@ -7,6 +7,7 @@ import {
   InvalidOptionsError,
   OfflineMissError,
 } from '../src/index.js';
+import { buildZip } from './archive-builders.js';
 import { makeTempDir, manualClock, patternBytes, removeTempDirs, sha256 } from './helpers.js';
 
 // Read-only layers (a site cache beside each user's own) and offline mode (never a request): what is served
@@ -181,5 +182,83 @@ describe('offline mode', () => {
     await expect(user.getOrFetch('b.bin', neverCalled)).rejects.toThrow(InvalidOptionsError);
     process.env.PAYLOAD_CACHE_OFFLINE = '0';
     expect(await user.getOrFetch('b.bin', () => 'online again')).toBe(path.join(userRoot, 'models', 'b.bin'));
+  });
+});
+
+describe('getOrExtract with read-only roots', () => {
+  const archive = buildZip([
+    { name: 'model/weights.bin', content: patternBytes(5_000, 7) },
+    { name: 'model/config.json', content: '{"layers":2}' },
+  ]);
+  const fetchArchive = () => archive;
+
+  async function filesUnder(dir: string): Promise<string[]> {
+    const entries = await fsp.readdir(dir, { recursive: true, withFileTypes: true });
+    return entries
+      .filter((entry) => entry.isFile())
+      .map((entry) => path.relative(dir, path.join(entry.parentPath, entry.name)))
+      .sort();
+  }
+
+  it('serves the site extraction in place: no download, nothing written to either root', async () => {
+    const siteContent = await cacheAt(siteRoot).getOrExtract('model.zip', fetchArchive);
+    const before = await snapshot(siteRoot);
+    const user = cacheAt(userRoot, { readOnlyRoots: [siteRoot] });
+
+    const served = await user.getOrExtract('model.zip', neverCalled);
+
+    expect(served).toBe(siteContent);
+    expect(served.startsWith(path.join(siteRoot, 'models'))).toBe(true);
+    expect(await filesUnder(served)).toEqual(['model/config.json', 'model/weights.bin']);
+    expect(await snapshot(siteRoot)).toEqual(before);
+    expect(await user.list()).toEqual([expect.objectContaining({ key: 'model.zip', readOnly: true })]);
+    expect(await snapshot(userRoot)).not.toHaveProperty(path.join('models', 'model.zip'));
+  });
+
+  it('a site archive without its extraction is downloaded and extracted into the user root', async () => {
+    await cacheAt(siteRoot).getOrFetch('model.zip', fetchArchive);
+    const before = await snapshot(siteRoot);
+    const user = cacheAt(userRoot, { readOnlyRoots: [siteRoot] });
+    let fetches = 0;
+
+    const served = await user.getOrExtract('model.zip', () => {
+      fetches += 1;
+      return archive;
+    });
+
+    expect(fetches).toBe(1);
+    expect(served.startsWith(path.join(userRoot, 'models'))).toBe(true);
+    expect(await filesUnder(served)).toEqual(['model/config.json', 'model/weights.bin']);
+    expect(await snapshot(siteRoot)).toEqual(before);
+  });
+
+  it('offline: an expired site extraction is served, a key extracted nowhere is an OfflineMissError naming every root', async () => {
+    const siteContent = await cacheAt(siteRoot).getOrExtract('model.zip', fetchArchive);
+    await cacheAt(siteRoot).getOrFetch('plain.zip', fetchArchive);
+    clock.advance(5 * HOUR);
+    const offline = cacheAt(userRoot, { offline: true, readOnlyRoots: [siteRoot] });
+
+    expect(await offline.getOrExtract('model.zip', neverCalled)).toBe(siteContent);
+    for (const key of ['plain.zip', 'absent.zip']) {
+      const error = await offline.getOrExtract(key, neverCalled).catch((caught: unknown) => caught);
+      expect(error).toBeInstanceOf(OfflineMissError);
+      expect(error).toMatchObject({ key, roots: [userRoot, siteRoot] });
+    }
+  });
+
+  it('staleIfError: when the download fails, an expired site extraction is served', async () => {
+    const siteContent = await cacheAt(siteRoot).getOrExtract('model.zip', fetchArchive);
+    clock.advance(5 * HOUR);
+    const user = cacheAt(userRoot, { readOnlyRoots: [siteRoot] });
+
+    const served = await user.getOrExtract(
+      'model.zip',
+      () => {
+        throw new Error('the server is down');
+      },
+      { staleIfError: true },
+    );
+
+    expect(served).toBe(siteContent);
   });
 });
