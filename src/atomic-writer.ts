@@ -10,7 +10,6 @@ import {
   describeKind,
   errorCode,
   isBusyRenameError,
-  lstatOrUndefined,
   removeFile,
   renameWithRetry,
 } from './file-system.js';
@@ -155,10 +154,10 @@ export class PayloadWriter {
   /**
    * Publishes the sealed tmp file at `target` by rename, replacing the previous payload (or a symlink or
    * FIFO planted there: rename replaces the name, never what it points to). A directory there was not made
-   * by the cache, and the cache never deletes what is inside one: {@link ForeignFileError}.
+   * by the cache, and the cache never deletes what is inside one: {@link ForeignFileError}. `existing` is
+   * what the caller found at `target` a moment ago.
    */
-  async renameTo(target: string): Promise<void> {
-    const existing = await lstatOrUndefined(target);
+  async renameTo(target: string, existing: Stats | undefined): Promise<void> {
     if (existing?.isDirectory()) throw new ForeignFileError(target, describeKind(existing));
     try {
       await renameWithRetry(this.tmpPath, target);

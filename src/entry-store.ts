@@ -175,14 +175,20 @@ export async function commitEntry(
   { manifest, tmpPath: pendingManifest }: PendingManifest,
 ): Promise<Manifest> {
   let retired: string | undefined;
+  let previous: Stats | undefined;
   try {
+    previous = await lstatOrUndefined(paths.payload);
     retired = await retireManifest(paths.manifest);
     await crashPoint('manifest-removed');
-    await writer.renameTo(paths.payload);
+    await writer.renameTo(paths.payload, previous);
   } catch (error) {
     await removeFile(pendingManifest).catch(() => {});
-    // The old payload is still in place (the rename failed): its manifest goes back, the old entry stands.
-    if (retired) await restoreManifest(retired, paths.manifest);
+    // Our rename failed: the old manifest goes back and the old entry stands, if its payload is still there.
+    if (retired) {
+      if (await previousPayloadStands(paths.payload, previous, retired)) {
+        await restoreManifest(retired, paths.manifest);
+      } else await removeFile(retired).catch(() => {});
+    }
     throw error;
   }
   // From here on a failure leaves the pending manifest in place: it is what proves the payload is ours.
@@ -251,6 +257,24 @@ export async function retireManifest(manifestPath: string): Promise<string | und
     if (errorCode(error) === 'ENOENT') return undefined;
     throw error;
   }
+}
+
+/**
+ * Whether the payload a retired manifest describes is still at its name, as it was before the commit began.
+ * Only a lock that failed open lets another writer's rename land there meanwhile; that writer may die before
+ * its manifest, and the old one put back would then describe its bytes. A use recorded meanwhile moves the
+ * mtime (it is the last-used time), so a changed mtime is settled by the bytes.
+ */
+async function previousPayloadStands(
+  payload: string,
+  previous: Stats | undefined,
+  tombstone: string,
+): Promise<boolean> {
+  const current = await lstatOrUndefined(payload).catch(() => undefined);
+  if (!previous?.isFile() || !current?.isFile() || current.size !== previous.size) return false;
+  if (current.mtimeMs === previous.mtimeMs) return true;
+  const described = (await readManifest(tombstone).catch(() => undefined))?.sha256;
+  return described !== undefined && (await sha256OfFile(payload).catch(() => undefined)) === described;
 }
 
 /**

@@ -213,6 +213,85 @@ describe('commitEntry when a lock failed open (another writer publishes between 
   });
 });
 
+describe('commitEntry when its own payload rename fails (the old entry stands, if it is still there)', () => {
+  const sha256 = (text: string) => createHash('sha256').update(text).digest('hex');
+
+  /** An old entry committed at `k`, and writer A's new one sealed and ready to commit over it. */
+  async function oldEntryAndWriterA(dir: string) {
+    const paths = entryPaths(dir, 'k');
+    const old = await PayloadWriter.create(paths.payload);
+    await old.writeBody('old bytes', new AbortController().signal);
+    await commitEntry(paths, old, await sealEntry(paths, old, { createdAtMs: Date.UTC(2026, 0, 1) }));
+    const oldManifest = await fsp.readFile(paths.manifest, 'utf8');
+    const writer = await PayloadWriter.create(paths.payload);
+    await writer.writeBody('new bytes of A', new AbortController().signal);
+    const pending = await sealEntry(paths, writer, { createdAtMs: Date.UTC(2026, 0, 2) });
+    return { paths, writer, pending, oldManifest };
+  }
+
+  /** Fails A's payload rename with EIO, after `meanwhile` ran (another writer, a reader). */
+  async function commitWithFailingRename(
+    paths: ReturnType<typeof entryPaths>,
+    writer: PayloadWriter,
+    pending: Awaited<ReturnType<typeof sealEntry>>,
+    meanwhile: () => Promise<void>,
+  ) {
+    const rename = fsp.rename;
+    const spy = vi.spyOn(fsp, 'rename').mockImplementation(async (from, to) => {
+      if (from === writer.tmpPath && to === paths.payload) {
+        await meanwhile();
+        throw Object.assign(new Error('EIO: i/o error, rename'), { code: 'EIO' });
+      }
+      return rename(from, to);
+    });
+    try {
+      return await commitEntry(paths, writer, pending).catch((error: unknown) => error);
+    } finally {
+      spy.mockRestore();
+      await writer.discard();
+    }
+  }
+
+  it('puts the old manifest back beside the untouched old payload', async () => {
+    const dir = await makeTempDir();
+    const { paths, writer, pending, oldManifest } = await oldEntryAndWriterA(dir);
+
+    const error = await commitWithFailingRename(paths, writer, pending, async () => {});
+
+    expect(error).toMatchObject({ code: 'EIO' });
+    expect(await fsp.readFile(paths.manifest, 'utf8')).toBe(oldManifest);
+    expect(await fsp.readFile(paths.payload, 'utf8')).toBe('old bytes');
+    expect(await tmpNames(dir)).toEqual([]);
+  });
+
+  it('puts it back when only a reader recorded a use of the old payload meanwhile (its mtime moved)', async () => {
+    const dir = await makeTempDir();
+    const { paths, writer, pending, oldManifest } = await oldEntryAndWriterA(dir);
+
+    await commitWithFailingRename(paths, writer, pending, async () => {
+      const later = new Date(Date.UTC(2026, 0, 3));
+      await fsp.utimes(paths.payload, later, later);
+    });
+
+    expect(await fsp.readFile(paths.manifest, 'utf8')).toBe(oldManifest);
+    expect(JSON.parse(oldManifest)).toMatchObject({ sha256: sha256('old bytes') });
+  });
+
+  it('leaves a miss when another writer (its lock failed open) renamed its payload in and died before its manifest', async () => {
+    const dir = await makeTempDir();
+    const { paths, writer, pending } = await oldEntryAndWriterA(dir);
+
+    await commitWithFailingRename(paths, writer, pending, async () => {
+      await fsp.writeFile(`${paths.payload}.c`, "C's bytes");
+      await fsp.rename(`${paths.payload}.c`, paths.payload);
+    });
+
+    // Never the old manifest over C's bytes (the same size as the old payload's: only the bytes tell).
+    expect(await fsp.readFile(paths.payload, 'utf8')).toBe("C's bytes");
+    expect(await fsp.readdir(dir)).toEqual(['k']);
+  });
+});
+
 describe('removeEntryIfUnchanged (what another eviction pass sees of a removal)', () => {
   it('holds the entry lock as a removal: lockHolder reports removing while it checks the entry', async () => {
     const dir = await makeTempDir();
