@@ -245,6 +245,8 @@ export interface OpResult {
   sizeBytes?: number;
   sha256?: string;
   fetchCalls?: number;
+  /** getOrExtract: every file and directory under the directory served. */
+  files?: string[];
   value?: unknown;
   freeBytes?: number;
   payload?: { sizeBytes: number; sha256: string; ino: number; mtimeMs: number } | null;

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { buildZip } from '../archive-builders.js';
 import { patternBytes, sha256 } from '../helpers.js';
 import { recordFigures } from '../reliability/figures.js';
 import {
@@ -47,6 +48,22 @@ beforeEach(() => {
 
 const first = patternBytes(256 * KiB, 11);
 const second = patternBytes(128 * KiB, 12);
+// An extracted archive in a sublayer of its own, so that the entry counts of SUBLAYER stay two.
+const ARCHIVES = 'archives';
+const archive = buildZip([
+  { name: 'model/weights.bin', content: patternBytes(64 * KiB, 13) },
+  { name: 'model/config.json', content: '{"layers":2}' },
+]);
+const archiveTree = ['model/', 'model/config.json', 'model/weights.bin'];
+/** getOrExtract of the archive; its fetcher would return other bytes, so a hit must never call it. */
+const extractOp = (label: string, extra: Record<string, unknown> = {}) => ({
+  label,
+  op: 'getOrExtract',
+  sublayer: ARCHIVES,
+  key: 'model.zip',
+  archiveBase64: buildZip([{ name: 'other.txt', content: 'not the archive' }]).toString('base64'),
+  ...extra,
+});
 
 /** Commits first.bin and second.bin at START_MS into `prepared`, as root, outside any namespace. */
 async function prepareCache(): Promise<void> {
@@ -64,13 +81,20 @@ async function prepareCache(): Promise<void> {
             key: 'second.bin',
             body: { sizeBytes: second.length, seed: 12, form: 'buffer' },
           },
+          {
+            op: 'getOrExtract',
+            sublayer: ARCHIVES,
+            key: 'model.zip',
+            archiveBase64: archive.toString('base64'),
+          },
         ],
       }),
       CHILD_TIMEOUT_MS,
     ),
-    2,
+    3,
   );
-  expect(prepare.map((result) => result.sha256)).toEqual([sha256(first), sha256(second)]);
+  expect(prepare.slice(0, 2).map((result) => result.sha256)).toEqual([sha256(first), sha256(second)]);
+  expect(prepare[2]).toMatchObject({ ok: true, fetchCalls: 1, files: archiveTree });
 }
 
 /**
@@ -129,6 +153,7 @@ describe(laneTitle('read-only cache root: a read-only bind mount inside unshare 
           body: { sizeBytes: 1 * KiB, seed: 98, form: 'buffer' },
         },
         { label: 'get miss', op: 'get', key: 'absent.bin' },
+        extractOp('extract hit'),
         { label: 'delete', op: 'delete', key: 'second.bin' },
         // Both entries expire, so prune and clear have something they would remove.
         { op: 'advance', ms: 2 * HOUR_MS },
@@ -172,6 +197,9 @@ describe(laneTitle('read-only cache root: a read-only bind mount inside unshare 
       });
       expect(miss.error?.message).toContain(fileOf('absent.bin'));
       expect(step('get miss')).toMatchObject({ ok: true, path: null });
+      // An extraction hit on the read-only root: served in place, its last-used times left as they are.
+      expect(step('extract hit')).toMatchObject({ ok: true, fetchCalls: 0, files: archiveTree });
+      expect(step('extract hit').path?.startsWith(path.join(readOnlyRoot, ARCHIVES))).toBe(true);
 
       // Removals fail loudly rather than pretend: each names the file it could not remove or lock.
       expect(step('delete')).toMatchObject({ ok: false, error: { code: 'EROFS' } });
@@ -259,6 +287,7 @@ describe(laneTitle('read-only cache root: a read-only bind mount inside unshare 
           { label: 'list', op: 'list' },
           { label: 'clear', op: 'clear' },
           { label: 'get after clear', op: 'get', key: 'second.bin' },
+          extractOp('site extraction'),
         ],
         { root: userRoot, readOnlyRoots: [readOnlyRoot] },
       );
@@ -277,6 +306,9 @@ describe(laneTitle('read-only cache root: a read-only bind mount inside unshare 
       expect(step('clear')).toMatchObject({ ok: true });
       expect(fs.existsSync(userFile('new.bin'))).toBe(false);
       expect(step('get after clear')).toMatchObject({ ok: true, path: siteFile('second.bin') });
+      // getOrExtract: the site's extraction, served from the read-only mount in place.
+      expect(step('site extraction')).toMatchObject({ ok: true, fetchCalls: 0, files: archiveTree });
+      expect(step('site extraction').path?.startsWith(path.join(readOnlyRoot, ARCHIVES))).toBe(true);
 
       // Offline, hours later: the site's expired entries are served, a key found nowhere is a typed miss.
       const offline = await onReadOnlyRoot(
@@ -294,6 +326,7 @@ describe(laneTitle('read-only cache root: a read-only bind mount inside unshare 
             key: 'gone.bin',
             body: { sizeBytes: 1, seed: 1, form: 'buffer' },
           },
+          extractOp('stale extraction'),
         ],
         { root: userRoot, readOnlyRoots: [readOnlyRoot], offline: true },
       );
@@ -308,6 +341,14 @@ describe(laneTitle('read-only cache root: a read-only bind mount inside unshare 
         error: { code: 'ERR_OFFLINE_MISS' },
       });
       expect(byLabel(offline, 'absent').error?.message).toContain(readOnlyRoot);
+      expect(byLabel(offline, 'stale extraction')).toMatchObject({
+        ok: true,
+        fetchCalls: 0,
+        files: archiveTree,
+      });
+      expect(byLabel(offline, 'stale extraction').path?.startsWith(path.join(readOnlyRoot, ARCHIVES))).toBe(
+        true,
+      );
       expect(changedBetween(before, snapshotTree(prepared))).toEqual([]);
     },
     TEST_TIMEOUT_MS,
