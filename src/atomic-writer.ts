@@ -3,11 +3,10 @@ import { constants, promises as fsp, type Stats } from 'node:fs';
 import { raceAbort } from './abort.js';
 import { crashPoint } from './crash-points.js';
 import { tmpPathFor } from './entry-paths.js';
-import { FileBusyError, ForeignFileError, InvalidOptionsError } from './errors.js';
+import { FileBusyError, InvalidOptionsError } from './errors.js';
 import {
   applyFileMode,
   type CreateModes,
-  describeKind,
   errorCode,
   isBusyRenameError,
   removeFile,
@@ -153,12 +152,10 @@ export class PayloadWriter {
 
   /**
    * Publishes the sealed tmp file at `target` by rename, replacing the previous payload (or a symlink or
-   * FIFO planted there: rename replaces the name, never what it points to). A directory there was not made
-   * by the cache, and the cache never deletes what is inside one: {@link ForeignFileError}. `existing` is
-   * what the caller found at `target` a moment ago.
+   * FIFO planted there: rename replaces the name, never what it points to). The caller has refused a
+   * directory at `target` (commitEntry: ForeignFileError), which the cache did not make and never replaces.
    */
-  async renameTo(target: string, existing: Stats | undefined): Promise<void> {
-    if (existing?.isDirectory()) throw new ForeignFileError(target, describeKind(existing));
+  async renameTo(target: string): Promise<void> {
     try {
       await renameWithRetry(this.tmpPath, target);
     } catch (error) {

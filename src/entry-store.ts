@@ -178,9 +178,12 @@ export async function commitEntry(
   let previous: Stats | undefined;
   try {
     previous = await lstatOrUndefined(paths.payload);
+    // A directory there was not made by the cache, and the cache never deletes what is inside one. Refused
+    // before anything moves, so the old manifest (if any) stays as it was.
+    if (previous?.isDirectory()) throw new ForeignFileError(paths.payload, describeKind(previous));
     retired = await retireManifest(paths.manifest);
     await crashPoint('manifest-removed');
-    await writer.renameTo(paths.payload, previous);
+    await writer.renameTo(paths.payload);
   } catch (error) {
     await removeFile(pendingManifest).catch(() => {});
     // Our rename failed: the old manifest goes back and the old entry stands, if its payload is still there.

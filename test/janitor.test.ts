@@ -79,6 +79,23 @@ describe('things the cache did not make, at its own names', () => {
     expect((await fsp.readdir(dir)).filter((name) => name.includes('.tmp.'))).toEqual([]);
   });
 
+  it('a directory put at a committed payload name: ForeignFileError before anything moves, the manifest stays', async () => {
+    const cache = cacheWith();
+    await cache.getOrFetch('datasets', () => 'old');
+    const manifestBefore = await fsp.readFile(path.join(dir, 'datasets.manifest.json'), 'utf8');
+    await fsp.rm(path.join(dir, 'datasets'));
+    await fsp.mkdir(path.join(dir, 'datasets', '2024'), { recursive: true });
+    await fsp.writeFile(path.join(dir, 'datasets', '2024', 'big.bin'), 'precious');
+
+    await expect(cache.getOrFetch('datasets', () => 'new', { refresh: true })).rejects.toBeInstanceOf(
+      ForeignFileError,
+    );
+
+    expect(await fsp.readFile(path.join(dir, 'datasets.manifest.json'), 'utf8')).toBe(manifestBefore);
+    expect(await fsp.readFile(path.join(dir, 'datasets', '2024', 'big.bin'), 'utf8')).toBe('precious');
+    expect((await fsp.readdir(dir)).filter((name) => name.includes('.tmp.'))).toEqual([]);
+  });
+
   it('a directory at the manifest name: getOrFetch rejects with ForeignFileError, the old entry and its files stay', async () => {
     const cache = cacheWith();
     await cache.getOrFetch('photos', () => 'old');
