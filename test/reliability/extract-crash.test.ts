@@ -54,24 +54,42 @@ async function digestTree(dir: string): Promise<Record<string, string>> {
   return digests;
 }
 
+/** The writer in its own process (paused at `pause.phase` when given), with what it printed so far. */
+function startWriter(config: Record<string, unknown>, pause?: { phase: PublishPhase; file: string }) {
+  const env = pause
+    ? { ...process.env, PAYLOAD_CACHE_TEST_PAUSE_AT: pause.phase, PAYLOAD_CACHE_TEST_PAUSE_FILE: pause.file }
+    : process.env;
+  const child = spawn(process.execPath, [FIXTURE, JSON.stringify(config)], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env,
+  });
+  let onReady = () => {};
+  const writer = {
+    child,
+    output: '',
+    exited: new Promise<void>((resolve) => child.on('close', () => resolve())),
+    /** Resolves once the writer has loaded the library and is about to call getOrExtract. */
+    ready: new Promise<void>((resolve) => {
+      onReady = resolve;
+    }),
+  };
+  child.stdout.setEncoding('utf8').on('data', (text: string) => {
+    writer.output += text;
+    if (writer.output.includes('"event":"ready"')) onReady();
+  });
+  child.stderr.setEncoding('utf8').on('data', (text: string) => {
+    writer.output += text;
+  });
+  return writer;
+}
+
 /** Runs the writer until it pauses at `phase`, then SIGKILLs it. */
 async function killAt(
   phase: PublishPhase,
   config: Record<string, unknown>,
   pauseFile: string,
 ): Promise<void> {
-  const child = spawn(process.execPath, [FIXTURE, JSON.stringify(config)], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-    env: { ...process.env, PAYLOAD_CACHE_TEST_PAUSE_AT: phase, PAYLOAD_CACHE_TEST_PAUSE_FILE: pauseFile },
-  });
-  let output = '';
-  child.stdout.setEncoding('utf8').on('data', (text: string) => {
-    output += text;
-  });
-  child.stderr.setEncoding('utf8').on('data', (text: string) => {
-    output += text;
-  });
-  const exited = new Promise((resolve) => child.on('close', resolve));
+  const writer = startWriter(config, { phase, file: pauseFile });
   const deadline = Date.now() + 30_000;
   while (
     !(await fsp.access(pauseFile).then(
@@ -79,14 +97,14 @@ async function killAt(
       () => false,
     ))
   ) {
-    if (child.exitCode !== null || Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`the writer never reached ${phase}: ${output}`);
+    if (writer.child.exitCode !== null || Date.now() > deadline) {
+      writer.child.kill('SIGKILL');
+      throw new Error(`the writer never reached ${phase}: ${writer.output}`);
     }
     await delay(5);
   }
-  child.kill('SIGKILL');
-  await exited;
+  writer.child.kill('SIGKILL');
+  await writer.exited;
 }
 
 beforeAll(async () => {
@@ -97,49 +115,104 @@ beforeAll(async () => {
 
 afterEach(removeTempDirs);
 
+/** The previous archive published and extracted, and the next one's source for the writer to stream. */
+async function previousRelease(work: string) {
+  const root = path.join(work, 'root');
+  const old = release(1);
+  const next = release(2);
+  const nextSource = path.join(work, 'next.zip');
+  await fsp.writeFile(nextSource, next.zip);
+  const setup = new CacheManager({ sublayer: SUBLAYER, root, ttl: Number.POSITIVE_INFINITY });
+  const oldDir = await setup.getOrExtract(KEY, () => old.zip);
+  const writerConfig = { root, sublayer: SUBLAYER, key: KEY, source: nextSource, ttlMs: 0, chunkDelayMs: 2 };
+  return { root, old, next, oldDir, setup, writerConfig };
+}
+
+/**
+ * After a kill: every directory that looks like a published extraction holds a whole tree of the old archive
+ * or of the new one, a fresh reader is served one of the two whole trees, and the old tree is untouched.
+ */
+async function expectWholeTrees(setup: Awaited<ReturnType<typeof previousRelease>>, when: string) {
+  const { root, old, next, oldDir } = setup;
+  const sublayer = path.join(root, SUBLAYER);
+  for (const name of await fsp.readdir(sublayer)) {
+    if (!/\.extracted\.[0-9a-f]{16}$/.test(name)) continue;
+    const tree = await digestTree(path.join(sublayer, name, 'content'));
+    expect([old.tree, next.tree], `${name} after a kill ${when}`).toContainEqual(tree);
+  }
+  // A fresh reader (ttl Infinity: a committed entry is a hit for it) gets one whole tree.
+  const reader = new CacheManager({
+    sublayer: SUBLAYER,
+    root,
+    ttl: Number.POSITIVE_INFINITY,
+    lockStaleMs: 2_000,
+  });
+  const served = await reader.getOrExtract(KEY, () => next.zip);
+  expect([old.tree, next.tree], `served after a kill ${when}`).toContainEqual(await digestTree(served));
+  // The old tree is never touched by a writer: a reader of it still has it whole.
+  expect(await digestTree(oldDir)).toEqual(old.tree);
+  // Their sweeps of the dead writer's leftovers must be done before the work directory goes.
+  await Promise.all([setup.setup[backgroundSweep], reader[backgroundSweep]]);
+}
+
 describe('getOrExtract killed at every phase', () => {
   it.each(PHASES)(
     'at %s: every published-looking extraction is a whole tree, and a reader gets one',
     async (phase) => {
       const work = await makeTempDir('payload-cache-extract-crash-');
-      const root = path.join(work, 'root');
-      const old = release(1);
-      const next = release(2);
-      const nextSource = path.join(work, 'next.zip');
-      await fsp.writeFile(nextSource, next.zip);
-
-      // The previous archive and its extraction, published normally.
-      const setup = new CacheManager({ sublayer: SUBLAYER, root, ttl: Number.POSITIVE_INFINITY });
-      const oldDir = await setup.getOrExtract(KEY, () => old.zip);
-
-      const pauseFile = path.join(work, 'paused');
-      await killAt(
-        phase,
-        { root, sublayer: SUBLAYER, key: KEY, source: nextSource, ttlMs: 0, chunkDelayMs: 2 },
-        pauseFile,
-      );
-
-      const sublayer = path.join(root, SUBLAYER);
-      for (const name of await fsp.readdir(sublayer)) {
-        if (!/\.extracted\.[0-9a-f]{16}$/.test(name)) continue;
-        const tree = await digestTree(path.join(sublayer, name, 'content'));
-        expect([old.tree, next.tree], `${name} after a kill at ${phase}`).toContainEqual(tree);
-      }
-
-      // A fresh reader (ttl Infinity: a committed entry is a hit for it) gets one whole tree.
-      const reader = new CacheManager({
-        sublayer: SUBLAYER,
-        root,
-        ttl: Number.POSITIVE_INFINITY,
-        lockStaleMs: 2_000,
-      });
-      const served = await reader.getOrExtract(KEY, () => next.zip);
-      const tree = await digestTree(served);
-      expect([old.tree, next.tree]).toContainEqual(tree);
-      // The old tree is never touched by a writer: a reader of it still has it whole.
-      expect(await digestTree(oldDir)).toEqual(old.tree);
-      // Their sweeps of the dead writer's leftovers must be done before the work directory goes.
-      await Promise.all([setup[backgroundSweep], reader[backgroundSweep]]);
+      const setup = await previousRelease(work);
+      await killAt(phase, setup.writerConfig, path.join(work, 'paused'));
+      await expectWholeTrees(setup, `at ${phase}`);
     },
   );
+});
+
+// Kills at random moments land where no crash point is: between two files of the extraction, mid-file,
+// between the archive's fsync and its rename. Each moment is a fraction of an uninterrupted writer's run.
+const RANDOM_KILLS = 8;
+
+describe('getOrExtract killed at random moments', () => {
+  it(`${RANDOM_KILLS} kills between the writer's start and its end leave whole trees only`, async () => {
+    const seed = Number(process.env.PAYLOAD_CACHE_TEST_SEED ?? Date.now()) >>> 0;
+    let state = seed || 1;
+    const random = () => {
+      state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+      return state / 2 ** 32;
+    };
+    // Two uninterrupted writers, timed from `ready` to their exit: the shorter run bounds the kill moments,
+    // so that a later writer is still at work when its kill comes.
+    const runsMs: number[] = [];
+    for (let run = 0; run < 2; run++) {
+      const calibration = await previousRelease(await makeTempDir('payload-cache-extract-crash-'));
+      const uninterrupted = startWriter(calibration.writerConfig);
+      await Promise.race([uninterrupted.ready, uninterrupted.exited]);
+      const readyAt = performance.now();
+      await uninterrupted.exited;
+      runsMs.push(performance.now() - readyAt);
+      expect(uninterrupted.output, 'the uninterrupted writer').toContain('"event":"done"');
+      await calibration.setup[backgroundSweep];
+    }
+    const runMs = 0.9 * Math.min(...runsMs);
+
+    let killedMidRun = 0;
+    for (let kill = 0; kill < RANDOM_KILLS; kill++) {
+      const work = await makeTempDir('payload-cache-extract-crash-');
+      const setup = await previousRelease(work);
+      const killAfterMs = Math.round(random() * runMs);
+      const writer = startWriter(setup.writerConfig);
+      await Promise.race([writer.ready, writer.exited]);
+      await delay(killAfterMs);
+      if (writer.child.exitCode === null) {
+        writer.child.kill('SIGKILL');
+        killedMidRun += 1;
+      }
+      await writer.exited;
+      await expectWholeTrees(setup, `${killAfterMs} ms after the start (seed ${seed})`);
+    }
+    // Most kills must land while the writer runs, or the test would prove little.
+    expect(
+      killedMidRun,
+      `seed ${seed}, runs ${runsMs.map(Math.round).join(' and ')} ms`,
+    ).toBeGreaterThanOrEqual(RANDOM_KILLS / 2);
+  }, 180_000);
 });
