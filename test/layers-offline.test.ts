@@ -196,7 +196,7 @@ describe('getOrExtract with read-only roots', () => {
     const entries = await fsp.readdir(dir, { recursive: true, withFileTypes: true });
     return entries
       .filter((entry) => entry.isFile())
-      .map((entry) => path.relative(dir, path.join(entry.parentPath, entry.name)))
+      .map((entry) => path.relative(dir, path.join(entry.parentPath, entry.name)).split(path.sep).join('/'))
       .sort();
   }
 
