@@ -351,6 +351,10 @@ describe('hostile keys', () => {
   it('every sublayer is either refused by the constructor with InvalidKeyError or holds its entries in <root>/<sublayer>', async () => {
     const base = await makeTempDir();
     const root = path.join(base, 'cache');
+    const fold = (await isCaseInsensitive(base)) ? foldCase : (name: string) => name;
+    // The sublayer that first wrote each on-disk directory (folded where names are case-insensitive): on
+    // such a file system "L" after "l" is the same directory, and its payload.bin is l's entry, a hit
+    // (the manifest records the key, not the sublayer: the README says so).
     const acceptedDirs = new Map<string, string>();
     let accepted = 0;
     let refused = 0;
@@ -369,14 +373,15 @@ describe('hostile keys', () => {
         }
         expect(mustRefuse(sublayer), `sublayer ${JSON.stringify(sublayer)} was accepted`).toBeUndefined();
         expect(cache.sublayer).toBe(sublayer);
-        const expected = bytesFor(sublayer);
+        const sharedWith = acceptedDirs.get(fold(onDisk(sublayer)));
+        const expected = bytesFor(sharedWith ?? sublayer);
         const returned = await cache.getOrFetch('payload.bin', () => expected);
         expect(returned).toBe(path.join(root, sublayer, 'payload.bin'));
         expect(path.dirname(path.dirname(returned))).toBe(root);
         expect(path.relative(root, returned).split(path.sep)).toEqual([sublayer, 'payload.bin']);
         expect((await fsp.readFile(returned)).equals(expected)).toBe(true);
         expect(await cache.get('payload.bin')).toBe(returned);
-        acceptedDirs.set(onDisk(sublayer), sublayer);
+        if (sharedWith === undefined) acceptedDirs.set(fold(onDisk(sublayer)), sublayer);
         accepted += 1;
       }),
       { numRuns: SUBLAYER_RUNS },
@@ -386,9 +391,11 @@ describe('hostile keys', () => {
       (found) => found !== root && !found.startsWith(root + path.sep),
     );
     expect(outside).toEqual([]);
-    expect((await fsp.readdir(root)).sort()).toEqual(['CACHEDIR.TAG', ...acceptedDirs.keys()].sort());
-    for (const [name, sublayer] of acceptedDirs) {
-      const sublayerDir = path.join(root, name);
+    expect((await fsp.readdir(root)).map(fold).sort()).toEqual(
+      [fold('CACHEDIR.TAG'), ...acceptedDirs.keys()].sort(),
+    );
+    for (const sublayer of acceptedDirs.values()) {
+      const sublayerDir = path.join(root, onDisk(sublayer));
       expect((await fsp.readdir(sublayerDir)).sort()).toEqual(['payload.bin', 'payload.bin.manifest.json']);
       expect((await fsp.readFile(path.join(sublayerDir, 'payload.bin'))).equals(bytesFor(sublayer))).toBe(
         true,
@@ -398,6 +405,28 @@ describe('hostile keys', () => {
     expect(accepted).toBeGreaterThan(SUBLAYER_RUNS / 10);
     expect(refused).toBeGreaterThan(SUBLAYER_RUNS / 10);
   }, 120_000);
+});
+
+describe('sublayers that differ only in case', () => {
+  // The README's promise, both ways: separate where names are case-sensitive; one directory, and so one
+  // entry per key, where they are not (macOS, Windows). Keys differ: their manifests record them.
+  it('are separate on a case-sensitive file system and share entries on a case-insensitive one', async () => {
+    const root = await makeTempDir();
+    const lower = new CacheManager({ sublayer: 'models', ttl: TTL_MS, root });
+    const upper = new CacheManager({ sublayer: 'Models', ttl: TTL_MS, root });
+    await lower.getOrFetch('weights.bin', () => bytesFor('models'));
+    let fetches = 0;
+
+    const served = await upper.getOrFetch('weights.bin', () => {
+      fetches += 1;
+      return bytesFor('Models');
+    });
+
+    const shared = await isCaseInsensitive(root);
+    expect(served).toBe(path.join(root, 'Models', 'weights.bin'));
+    expect(fetches).toBe(shared ? 0 : 1);
+    expect((await fsp.readFile(served)).equals(bytesFor(shared ? 'models' : 'Models'))).toBe(true);
+  });
 });
 
 describe('keys that are not well-formed UTF-16', () => {
