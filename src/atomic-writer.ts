@@ -8,6 +8,7 @@ import {
   applyFileMode,
   type CreateModes,
   errorCode,
+  fileHasSha256,
   isBusyRenameError,
   removeFile,
   renameWithRetry,
@@ -139,15 +140,18 @@ export class PayloadWriter {
   }
 
   /**
-   * Whether `filePath` is still the file this writer published: the same size and the same mtime (set at
+   * Whether `filePath` still holds what this writer published: the same size and the same mtime (set at
    * sealing, with a random sub-millisecond part). Inode numbers would be stronger but FUSE and SMB renumber
    * files on rename, which would withdraw good entries; two writers whose locks failed open would need to
    * seal equal sizes at the same instant (within the same second on SMB, which keeps whole seconds) to be
-   * confused.
+   * confused. Where only the mtime differs, the bytes decide: a Samba server moves a file's mtime to the
+   * time of its last write some time after the client set it (its delayed write-time update, seen in the
+   * SMB lane on about one write in thirty), and a "no" would withdraw a true manifest.
    */
   async isPublishedAt(filePath: string): Promise<boolean> {
     const stats = await freshStats(filePath);
-    return stats?.size === this.#sealed?.sizeBytes && stats?.mtimeMs === this.#sealed?.mtimeMs;
+    if (!stats || stats.size !== this.#sealed?.sizeBytes) return false;
+    return stats.mtimeMs === this.#sealed.mtimeMs || (await fileHasSha256(filePath, this.sha256));
   }
 
   /**

@@ -467,7 +467,6 @@ export class CacheManager {
   /** A fresh entry (for getOrExtract, a fresh archive and its extraction) in a read-only layer, served in place. */
   async #serveFromReadOnlyLayers(key: string, scope: Scope, delivery: Delivery): Promise<string | undefined> {
     const readOnlyLayers = scope.layers.slice(1);
-    if (readOnlyLayers.length === 0) return undefined;
     if (delivery.kind === 'extraction') {
       const shared = await this.#extractions.findInLayers(readOnlyLayers, key, scope.freshness, false);
       return shared && this.#extractions.serveLayered(shared, scope.nowMs);

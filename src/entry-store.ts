@@ -8,11 +8,11 @@ import {
   type CreateModes,
   describeKind,
   errorCode,
+  fileHasSha256,
   fsyncDir,
   lstatOrUndefined,
   removeFile,
   renameWithRetry,
-  sha256OfFile,
 } from './file-system.js';
 import {
   describesKey,
@@ -201,29 +201,11 @@ export async function commitEntry(
   // Only a lock that failed open lets another writer rename its payload over ours in between; our manifest
   // would then describe its bytes, so we withdraw it and leave a miss until that writer's own manifest
   // (renamed in after its payload) restores the entry.
-  if (!(await describesPayloadAt(paths.payload, writer, manifest))) {
-    await withdrawOwnManifest(paths.manifest, manifest);
-  }
+  if (!(await writer.isPublishedAt(paths.payload))) await withdrawOwnManifest(paths.manifest, manifest);
   await writer.close();
   await fsyncDir(paths.dir);
   if (retired) await removeFile(retired).catch(() => {});
   return manifest;
-}
-
-/**
- * Whether the payload at the name is still the one our manifest describes. The sealed size and mtime say so
- * without reading it; where they differ, the bytes decide. A Samba server moves a file's mtime to the time
- * of its last write some time after the client set it (its delayed write-time update: seen in the SMB lane
- * on about one write in thirty), and withdrawing a true manifest would turn that write into a miss.
- */
-async function describesPayloadAt(
-  payload: string,
-  writer: PayloadWriter,
-  manifest: Manifest,
-): Promise<boolean> {
-  if (await writer.isPublishedAt(payload)) return true;
-  if (manifest.sha256 === undefined) return false;
-  return (await sha256OfFile(payload).catch(() => undefined)) === manifest.sha256;
 }
 
 /**
@@ -276,8 +258,7 @@ async function previousPayloadStands(
   const current = await lstatOrUndefined(payload).catch(() => undefined);
   if (!previous?.isFile() || !current?.isFile() || current.size !== previous.size) return false;
   if (current.mtimeMs === previous.mtimeMs) return true;
-  const described = (await readManifest(tombstone).catch(() => undefined))?.sha256;
-  return described !== undefined && (await sha256OfFile(payload).catch(() => undefined)) === described;
+  return fileHasSha256(payload, (await readManifest(tombstone).catch(() => undefined))?.sha256);
 }
 
 /**

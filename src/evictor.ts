@@ -125,8 +125,9 @@ const HOLDER_LOOK_DELAY_MS = 10;
 /**
  * What background passes of this process remember of each sublayer's payloads, so that a pass `lstat`s only
  * the payloads that are new since the last one: a lone pass went from ~400 ms to ~70 ms at 10,000 entries
- * and from ~4.4 s to ~1 s at 100,000 (docs/benchmarks.md, run 7). A remembered fact can be stale (a reader elsewhere touched the entry); a victim is re-checked under its
- * lock anyway, and one found changed is looked at again and goes back into the order. Only an mtime moved
+ * and from ~4.4 s to ~1 s at 100,000 (docs/benchmarks.md, run 7). A remembered fact can be stale (a reader
+ * elsewhere touched the entry); a victim is re-checked under its lock anyway, and one found changed is
+ * looked at again and goes back into the order. Only an mtime moved
  * backwards (a host whose clock is behind) goes unseen, so everything is `lstat`ed afresh every 5 minutes
  * (at 100,000 entries that pass takes seconds), and a sublayer no pass has looked at for 30 s is forgotten.
  */

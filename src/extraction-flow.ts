@@ -111,13 +111,12 @@ export class ExtractionFlow {
     sublayer: string,
   ): Promise<string> {
     const layered = await this.findInLayers(layers, key, freshness, true);
-    if (!layered)
-      throw new OfflineMissError(
-        key,
-        sublayer,
-        layers.map((layer) => layer.root),
-      );
-    return this.serveLayered(layered, freshness.nowMs);
+    if (layered) return this.serveLayered(layered, freshness.nowMs);
+    throw new OfflineMissError(
+      key,
+      sublayer,
+      layers.map((layer) => layer.root),
+    );
   }
 
   /**

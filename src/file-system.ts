@@ -201,3 +201,9 @@ export async function sha256OfFile(filePath: string): Promise<string> {
   for await (const chunk of createReadStream(filePath)) hash.update(chunk as Buffer);
   return hash.digest('hex');
 }
+
+/** Whether the file holds exactly the bytes of `sha256`; `false` when it cannot be read or none is known. */
+export async function fileHasSha256(filePath: string, sha256: string | undefined): Promise<boolean> {
+  if (sha256 === undefined) return false;
+  return (await sha256OfFile(filePath).catch(() => undefined)) === sha256;
+}
