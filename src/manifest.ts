@@ -1,5 +1,6 @@
 import { constants, promises as fsp } from 'node:fs';
 import { z } from 'zod';
+import { readFileStart } from './file-system.js';
 
 /** Written by this version; readers also accept imf_reader's string versions such as `"1.5.0"`. */
 export const SCHEMA_VERSION = 1;
@@ -77,22 +78,19 @@ export function parseManifest(text: string): Manifest | undefined {
  * a symlink, oversized or invalid. A bad manifest is a miss, never an exception.
  */
 export async function readManifest(manifestPath: string): Promise<Manifest | undefined> {
-  let handle: fsp.FileHandle | undefined;
   try {
-    handle = await fsp.open(manifestPath, READ_FLAGS);
     // The hit path: one read into a small pooled buffer, no second read to see the end of the file. A
     // manifest that does not parse from it (larger than the buffer, or a short read) is read again whole.
     const first = Buffer.allocUnsafe(FIRST_READ_BYTES);
-    const { bytesRead } = await handle.read(first, 0, first.length, 0);
+    const bytesRead = await readFileStart(manifestPath, READ_FLAGS, first);
     if (bytesRead < first.length) {
       const manifest = parseManifest(first.toString('utf8', 0, bytesRead));
       if (manifest || bytesRead === 0) return manifest;
     }
-    return parseManifest(await readUpTo(handle, MAX_MANIFEST_BYTES));
+    const text = await readManifestText(manifestPath);
+    return text === undefined ? undefined : parseManifest(text);
   } catch {
     return undefined;
-  } finally {
-    await handle?.close().catch(() => {});
   }
 }
 
