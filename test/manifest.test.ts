@@ -1,4 +1,4 @@
-import { promises as fsp } from 'node:fs';
+import { existsSync, promises as fsp, readdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -228,6 +228,29 @@ describe('readManifest and manifests written atomically on disk', () => {
     await fsp.writeFile(garbage, Buffer.from([0xff, 0x00, 0x7b, 0x22]));
     expect(await readManifest(garbage)).toBeUndefined();
   });
+
+  // Read through a plain descriptor (no FileHandle to close it on collection): a path that skipped the close
+  // would leak one per hit. Counted in /proc (Linux only; elsewhere there is nothing to count them by).
+  it.skipIf(!existsSync('/proc/self/fd'))(
+    'closes its descriptor on every path: a valid manifest, one past the first read, a directory, garbage',
+    async () => {
+      const text = JSON.stringify(VALID_V1);
+      const files = {
+        valid: text,
+        long: text + ' '.repeat(8 * 1024),
+        garbage: '{"schema_version":',
+      };
+      for (const [name, content] of Object.entries(files)) await fsp.writeFile(path.join(dir, name), content);
+      await fsp.mkdir(path.join(dir, 'directory'));
+      const openDescriptors = () => readdirSync('/proc/self/fd').length;
+      const before = openDescriptors();
+      for (let round = 0; round < 50; round++) {
+        for (const name of [...Object.keys(files), 'directory', 'absent'])
+          await readManifest(path.join(dir, name));
+      }
+      expect(openDescriptors()).toBe(before);
+    },
+  );
 
   it('round-trips through writeFileAtomic(manifestText) and leaves no tmp file behind', async () => {
     const file = path.join(dir, 'weo.zip.manifest.json');
